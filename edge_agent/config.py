@@ -1,0 +1,131 @@
+"""The agent's YAML config, validated once at start-up. Past `load_config`, code gets typed objects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge_agent.errors import AgentError
+
+CONFIG_VERSION = 1
+DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/agent.yaml")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FolderCameraConfig(Strict):
+    source: Literal["folder"]
+    path: Path
+    fps: float | None = Field(default=None, gt=0, description="replay rate; None replays as fast as the loop runs")
+    loop: bool = False
+    queue_size: int = Field(default=4, ge=1)
+
+
+class GenicamCameraConfig(Strict):
+    source: Literal["genicam"]
+    cti: str = "viky"  # 'viky' is the simulator in the genicam package; otherwise a path to a .cti
+    device: int | str = 0  # index, serial number or user-defined name
+    trigger: Literal["free-run", "software", "hardware"] = "free-run"
+    timeout_s: float = Field(default=2.0, gt=0)
+    queue_size: int = Field(default=4, ge=1)
+
+
+CameraConfig = Annotated[FolderCameraConfig | GenicamCameraConfig, Field(discriminator="source")]
+
+
+class ModelConfig(Strict):
+    path: Path
+    runtime: Literal["openvino", "onnxruntime"] = "openvino"
+    device: Literal["CPU", "GPU", "AUTO"] = "CPU"
+
+
+class MqttConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    topic_prefix: str = "inspect"
+    client_id: str | None = None
+    keepalive_s: int = Field(default=30, ge=5)
+    flush_timeout_s: float = Field(default=10.0, gt=0, description="how long a clean stop waits for delivery")
+
+
+class RejectConfig(Strict):
+    deadline_ms: float = Field(default=100.0, gt=0)
+    error_is_reject: bool = True
+
+
+class ArchiveConfig(Strict):
+    enabled: bool = True
+    path: Path = Path("/var/lib/edge-agent/archive")
+
+
+class MetricsConfig(Strict):
+    stats_interval_s: float = Field(default=10.0, gt=0)
+
+
+class AgentConfig(Strict):
+    version: Literal[1]
+    station: str = Field(min_length=1)
+    cameras: dict[str, CameraConfig] = Field(min_length=1)
+    model: ModelConfig
+    mqtt: MqttConfig = MqttConfig()
+    reject: RejectConfig = RejectConfig()
+    archive: ArchiveConfig = ArchiveConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+    def camera(self, name: str) -> CameraConfig:
+        try:
+            return self.cameras[name]
+        except KeyError:
+            known = ", ".join(sorted(self.cameras))
+            raise AgentError(f"unknown camera '{name}'; this config defines: {known}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"] if not (isinstance(p, str) and p in ("folder", "genicam")))
+    extra = f" ({len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
+    if first["type"] == "extra_forbidden":
+        return f"unknown field '{where}'; remove it or check its spelling{extra}"
+    return f"field '{where}': {first['msg']}{extra}"
+
+
+def _resolve(path: Path, base: Path) -> Path:
+    path = path.expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate; relative paths in the file are taken relative to the file's folder."""
+    if not path.is_file():
+        raise AgentError(f"config file {path} does not exist; pass --config with the path to agent.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise AgentError(f"config {path} is not valid YAML{line}") from None
+    if not isinstance(raw, dict):
+        raise AgentError(f"config {path} must be a YAML mapping with 'version', 'station', 'cameras', 'model'")
+    try:
+        cfg = AgentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise AgentError(f"config {path}: {_describe(exc)}") from None
+    base = path.resolve().parent
+    cameras = {
+        name: cam.model_copy(update={"path": _resolve(cam.path, base)})
+        if isinstance(cam, FolderCameraConfig)
+        else cam
+        for name, cam in cfg.cameras.items()
+    }
+    return cfg.model_copy(
+        update={
+            "cameras": cameras,
+            "model": cfg.model.model_copy(update={"path": _resolve(cfg.model.path, base)}),
+            "archive": cfg.archive.model_copy(update={"path": _resolve(cfg.archive.path, base)}),
+        }
+    )

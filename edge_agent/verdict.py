@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+OK = "ok"
+REJECT = "reject"
+ERROR = "error"
+VerdictKind = Literal["ok", "reject", "error"]
+
+
+@dataclass
+class Verdict:
+    """The decision on one frame. Field names are the MQTT payload keys (DESIGN.md)."""
+
+    frame_id: int
+    camera: str
+    captured_at: float
+    score: float | None
+    threshold: float
+    verdict: VerdictKind
+    model: str
+    latency_ms: float = 0.0
+    published_at: float | None = None
+    late: bool = False
+    regions: list[dict[str, int]] = field(default_factory=list)
+    error: str | None = None
+    source: str = ""
+
+    @property
+    def is_reject(self) -> bool:
+        """Errors count as rejects: the PLC ejects a part we could not judge (fail-safe)."""
+        return self.verdict in (REJECT, ERROR)
+
+    def payload(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    def reject_payload(self) -> bytes:
+        small = {
+            "frame_id": self.frame_id,
+            "captured_at": self.captured_at,
+            "verdict": self.verdict,
+            "late": self.late,
+        }
+        return json.dumps(small, separators=(",", ":")).encode()
+
+
+def decide(score: float, threshold: float) -> VerdictKind:
+    return REJECT if score >= threshold else OK
