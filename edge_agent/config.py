@@ -117,9 +117,7 @@ def load_config(path: Path) -> AgentConfig:
         raise AgentError(f"config {path}: {_describe(exc)}") from None
     base = path.resolve().parent
     cameras = {
-        name: cam.model_copy(update={"path": _resolve(cam.path, base)})
-        if isinstance(cam, FolderCameraConfig)
-        else cam
+        name: cam.model_copy(update={"path": _resolve(cam.path, base)}) if isinstance(cam, FolderCameraConfig) else cam
         for name, cam in cfg.cameras.items()
     }
     return cfg.model_copy(
