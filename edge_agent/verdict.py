@@ -4,10 +4,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-OK = "ok"
-REJECT = "reject"
-ERROR = "error"
 VerdictKind = Literal["ok", "reject", "error"]
+OK: VerdictKind = "ok"
+REJECT: VerdictKind = "reject"
+ERROR: VerdictKind = "error"
 
 
 @dataclass
