@@ -1,0 +1,63 @@
+"""`trainer`: fit models on images of good parts, and make sample data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edge_agent.console import run_cli, setup_logging
+from trainer.bundle import BundleError
+from trainer.data.layouts import DataError
+from trainer.data.synthetic import SyntheticSpec, generate
+from trainer.fit import FitOptions, RecipeError, fit
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+@app.command("fit")
+def fit_command(
+    data: Annotated[Path, typer.Option(help="MVTec AD category folder, or a folder layout with good/")],
+    out: Annotated[Path, typer.Option(help="where to write the model bundle")],
+    model: Annotated[str, typer.Option(help="model from the registry")] = "patchcore",
+    config: Annotated[Path | None, typer.Option(help="training recipe YAML (keys of the model's recipe)")] = None,
+    category: Annotated[str | None, typer.Option(help="category, when --data holds several")] = None,
+    holdout: Annotated[float, typer.Option(min=0.05, max=0.5, help="share of good images kept for the threshold")] = 0.2,
+    threshold_quantile: Annotated[float, typer.Option(min=0.5, max=1.0, help="quantile of held-out scores")] = 0.99,
+    seed: Annotated[int, typer.Option(help="seed of the hold-out split")] = 0,
+) -> None:
+    """Learn from good images and write a model bundle.
+
+    Example: trainer fit --data datasets/press2 --model patchcore --out models/press2
+    """
+    setup_logging()
+    manifest = fit(FitOptions(data, model, out, config, category, holdout, threshold_quantile, seed))
+    typer.echo(f"wrote {out}: {manifest.model}, threshold {manifest.threshold:.4g}, {manifest.fit_summary}")
+    for name, value in manifest.metrics.items():
+        typer.echo(f"  {name}: {value:.4f}")
+
+
+@app.command("synth")
+def synth_command(
+    out: Annotated[Path, typer.Option(help="folder to write (MVTec AD layout)")],
+    train_good: Annotated[int, typer.Option(min=2)] = 40,
+    test_good: Annotated[int, typer.Option(min=0)] = 10,
+    defects_per_type: Annotated[int, typer.Option(min=0)] = 5,
+    size: Annotated[int, typer.Option(min=64)] = 256,
+    seed: int = 0,
+) -> None:
+    """Write a synthetic data set of textured parts with scratches, spots and cracks (exact masks).
+
+    Example: trainer synth --out datasets/synthetic
+    """
+    generate(out, SyntheticSpec(size, train_good, test_good, defects_per_type, seed))
+    typer.echo(f"wrote synthetic data set to {out}")
+
+
+def main() -> None:
+    run_cli(app, (DataError, RecipeError, BundleError, OSError))
+
+
+if __name__ == "__main__":
+    main()

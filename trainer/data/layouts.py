@@ -1,0 +1,81 @@
+"""Finding train and test images in the MVTec AD layout or the folder layout (DESIGN.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.data.images import list_images
+
+GOOD = "good"
+MASK_SUFFIX = "_mask"
+
+
+class DataError(Exception):
+    """The data folder is missing or laid out in a way we cannot read."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: str  # "good" or the defect type
+    mask: Path | None = None
+
+    @property
+    def is_defect(self) -> bool:
+        return self.label != GOOD
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    layout: str  # "mvtec" | "folder"
+    train: list[Path]  # good images to learn from
+    test: list[Sample]  # labelled images for evaluation (may be empty)
+
+
+def _masks_by_stem(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        return {}
+    return {p.stem.removesuffix(MASK_SUFFIX): p for p in list_images(folder)}
+
+
+def _mvtec(root: Path) -> Dataset:
+    train = list_images(root / "train" / GOOD)
+    test: list[Sample] = []
+    test_root = root / "test"
+    if test_root.is_dir():
+        for kind in sorted(p for p in test_root.iterdir() if p.is_dir()):
+            masks = _masks_by_stem(root / "ground_truth" / kind.name)
+            test += [Sample(p, kind.name, masks.get(p.stem)) for p in list_images(kind)]
+    return Dataset(root.name, "mvtec", train, test)
+
+
+def _folder(root: Path) -> Dataset:
+    masks = _masks_by_stem(root / "masks")
+    test: list[Sample] = []
+    for kind in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in (GOOD, "masks")):
+        test += [Sample(p, kind.name, masks.get(p.stem)) for p in list_images(kind)]
+    return Dataset(root.name, "folder", list_images(root / GOOD), test)
+
+
+def discover(root: Path, category: str | None = None) -> Dataset:
+    """Read `root` as an MVTec category, an MVTec root plus `category`, or a folder layout."""
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist; pass --data with a folder holding train/good or good/")
+    if category is not None:
+        root = root / category
+        if not root.is_dir():
+            raise DataError(f"category folder {root} does not exist")
+    if (root / "train" / GOOD).is_dir():
+        data = _mvtec(root)
+    elif (root / GOOD).is_dir():
+        data = _folder(root)
+    else:
+        categories = sorted(p.name for p in root.iterdir() if (p / "train" / GOOD).is_dir())
+        if categories:
+            raise DataError(f"{root} holds several categories; pick one with --category ({', '.join(categories)})")
+        raise DataError(f"{root} has neither train/good/ (MVTec AD layout) nor good/ (folder layout)")
+    if not data.train:
+        raise DataError(f"no images of good parts found in {root}; add png/jpg/bmp/tif files to the good folder")
+    return data
