@@ -27,14 +27,17 @@ class Verdict:
     regions: list[dict[str, int]] = field(default_factory=list)
     error: str | None = None
     source: str = ""
+    reject_on_error: bool = True  # config, not payload
 
     @property
     def is_reject(self) -> bool:
-        """Errors count as rejects: the PLC ejects a part we could not judge (fail-safe)."""
-        return self.verdict in (REJECT, ERROR)
+        """By default errors count as rejects: the PLC ejects a part we could not judge (fail-safe)."""
+        return self.verdict == REJECT or (self.verdict == ERROR and self.reject_on_error)
 
     def payload(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        body = asdict(self)
+        del body["reject_on_error"]
+        return json.dumps(body, separators=(",", ":")).encode()
 
     def reject_payload(self) -> bytes:
         small = {

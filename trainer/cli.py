@@ -23,7 +23,7 @@ def fit_command(
     model: Annotated[str, typer.Option(help="model from the registry")] = "patchcore",
     config: Annotated[Path | None, typer.Option(help="training recipe YAML (keys of the model's recipe)")] = None,
     category: Annotated[str | None, typer.Option(help="category, when --data holds several")] = None,
-    holdout: Annotated[float, typer.Option(min=0.05, max=0.5, help="share of good images kept for the threshold")] = 0.2,
+    holdout: Annotated[float, typer.Option(min=0.05, max=0.5, help="share of good images held out")] = 0.2,
     threshold_quantile: Annotated[float, typer.Option(min=0.5, max=1.0, help="quantile of held-out scores")] = 0.99,
     seed: Annotated[int, typer.Option(help="seed of the hold-out split")] = 0,
 ) -> None:

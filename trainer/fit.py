@@ -64,7 +64,9 @@ def load_recipe(model: str, path: Path | None) -> Any:
 
 @torch.no_grad()
 def predict_scores(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
-    scores = [model(torch.from_numpy(images[i : i + PREDICT_BATCH])).score for i in range(0, len(images), PREDICT_BATCH)]
+    scores = [
+        model(torch.from_numpy(images[i : i + PREDICT_BATCH])).score for i in range(0, len(images), PREDICT_BATCH)
+    ]
     return torch.cat(scores).numpy() if scores else np.zeros(0, np.float32)
 
 

@@ -62,7 +62,8 @@ class MBConv(nn.Module):
             y = self.act(self._bn0(self._expand_conv(y)))
         y = self.act(self._bn1(self._depthwise_conv(y)))
         y = self._bn2(self._project_conv(y))
-        return x + y if self.residual else y
+        out: torch.Tensor = x + y if self.residual else y
+        return out
 
 
 class EfficientNetLite(nn.Module):
@@ -92,7 +93,8 @@ class EfficientNetLite(nn.Module):
         self.act = nn.ReLU6()
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self._bn0(self._conv_stem(x)))
+        y: torch.Tensor = self.act(self._bn0(self._conv_stem(x)))
+        return y
 
     def features(self, x: torch.Tensor, taps: tuple[int, ...]) -> list[torch.Tensor]:
         """Outputs of the blocks in `taps`; stops after the deepest tap so later blocks cost nothing."""
@@ -112,7 +114,8 @@ class EfficientNetLite(nn.Module):
         for block in self._blocks:
             y = block(y)
         y = self.act(self._bn1(self._conv_head(y)))
-        return self._fc(torch.flatten(y.mean(dim=(2, 3)), 1))
+        logits: torch.Tensor = self._fc(torch.flatten(y.mean(dim=(2, 3)), 1))
+        return logits
 
 
 def lite0_weights_path() -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.data.images import list_images
+from edge_agent.imageio import list_images
 
 GOOD = "good"
 MASK_SUFFIX = "_mask"

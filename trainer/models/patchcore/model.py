@@ -49,6 +49,10 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
 
 
 class PatchCore(nn.Module):
+    memory_bank: torch.Tensor
+    bank_sq_norm: torch.Tensor
+    blur_kernel: torch.Tensor
+
     def __init__(self, recipe: PatchCoreRecipe) -> None:
         super().__init__()
         self.recipe = recipe
@@ -59,6 +63,7 @@ class PatchCore(nn.Module):
         self.register_buffer("bank_sq_norm", torch.zeros(0))
         kernel = gaussian_kernel(recipe.blur_sigma) if recipe.blur_sigma > 0 else torch.ones(1)
         self.register_buffer("blur_kernel", kernel)
+        self.blur_radius = kernel.numel() // 2
         self.eval()
 
     def embed(self, image: torch.Tensor) -> torch.Tensor:
@@ -71,8 +76,7 @@ class PatchCore(nn.Module):
         return torch.cat(resized, dim=1)
 
     def _blur(self, amap: torch.Tensor) -> torch.Tensor:
-        k = self.blur_kernel
-        r = k.numel() // 2
+        k, r = self.blur_kernel, self.blur_radius
         if r == 0:
             return amap
         amap = F.pad(amap, (r, r, r, r), mode="replicate")

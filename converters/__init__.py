@@ -1,0 +1,1 @@
+"""Bakes trained model bundles into edge bundles for the agent's runtimes."""

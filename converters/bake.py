@@ -1,0 +1,115 @@
+"""`converter bake`: model bundle -> edge bundle, with a parity check of the baked graph against torch."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from converters.openvino import OUTPUT_NAMES, export_openvino
+from converters.parity import parity_report
+from edge_agent.bundle import EDGE_FORMAT_VERSION, MANIFEST, EdgeManifest, Parity
+from edge_agent.hashing import sha256_file
+from edge_agent.imageio import list_images
+from edge_agent.runtimes.openvino import MODEL_BIN, MODEL_XML, OpenVinoRuntime
+from trainer.bundle import MANIFEST as MODEL_MANIFEST
+from trainer.bundle import load_bundle
+from trainer.data.images import load_for_model
+
+log = logging.getLogger(__name__)
+
+MAX_PARITY_IMAGES = 64
+BUNDLE_MODE = 0o755
+
+
+class BakeError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class BakeOptions:
+    bundle: Path
+    out: Path
+    target: str = "openvino"
+    precision: str = "fp32"
+    calib: Path | None = None
+
+
+def _validation_paths(holdout: list[str], calib: Path | None) -> list[Path]:
+    if calib is not None:
+        if not calib.is_dir():
+            raise BakeError(f"--calib folder {calib} does not exist")
+        paths = list_images(calib)
+    else:
+        paths = [Path(p) for p in holdout if Path(p).is_file()]
+    if not paths:
+        where = calib or "the model bundle's held-out images"
+        raise BakeError(f"no validation images found in {where}; pass --calib DIR with images of good parts")
+    return paths[:MAX_PARITY_IMAGES]
+
+
+def bake(options: BakeOptions) -> EdgeManifest:
+    if options.target != "openvino":
+        raise BakeError(f"target '{options.target}' is not supported yet; use --target openvino")
+    if options.precision != "fp32":
+        raise BakeError(f"precision '{options.precision}' is not supported yet; use --precision fp32")
+    model, source = load_bundle(options.bundle)
+    height, width = source.input.height, source.input.width
+    images = load_for_model(_validation_paths(source.training_set.holdout, options.calib), height, width).images
+    if len(images) == 0:
+        raise BakeError("none of the validation images could be read")
+
+    # Write into a temporary folder first, so a failed bake never leaves a half-written bundle behind.
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".bake-", dir=options.out.parent))
+    staging.chmod(BUNDLE_MODE)
+    try:
+        export_openvino(model, height, width, staging / MODEL_XML)
+        source_sha = sha256_file(options.bundle / MODEL_MANIFEST)
+        manifest: dict[str, object] = {
+            "format_version": EDGE_FORMAT_VERSION,
+            "model": source.model,
+            "version": f"{source.model}-{source_sha[:8]}",
+            "target": options.target,
+            "precision": options.precision,
+            "input": {"height": height, "width": width},
+            "outputs": list(OUTPUT_NAMES),
+            "threshold": source.threshold,
+            "score_scale": source.threshold,
+            "source_bundle_sha256": source_sha,
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "files": {name: sha256_file(staging / name) for name in (MODEL_XML, MODEL_BIN)},
+        }
+        parity = _parity(model, staging / MODEL_XML, options.precision, images, source.threshold)
+        manifest["parity"] = parity.model_dump()
+        typed = EdgeManifest.model_validate(manifest)
+        (staging / MANIFEST).write_text(yaml.safe_dump(typed.model_dump(mode="json"), sort_keys=False))
+        if options.out.exists():
+            shutil.rmtree(options.out)
+        staging.rename(options.out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return typed
+
+
+def _parity(model: torch.nn.Module, xml: Path, precision: str, images: np.ndarray, threshold: float) -> Parity:
+    """Torch against the baked graph, run through the agent's own runtime class."""
+    runtime = OpenVinoRuntime(xml, precision)
+    ref_scores, scores, ref_maps, maps = [], [], [], []
+    with torch.no_grad():
+        for image in tqdm(images, desc="parity check", unit="img"):
+            ref = model(torch.from_numpy(image[np.newaxis]))
+            baked = runtime.infer(image)
+            ref_scores.append(float(ref.score[0]))
+            ref_maps.append(ref.anomaly_map[0, 0].numpy())
+            scores.append(baked.score)
+            maps.append(baked.anomaly_map)
+    return parity_report(np.array(ref_scores), np.array(scores), np.stack(ref_maps), np.stack(maps), threshold)

@@ -1,0 +1,42 @@
+"""How closely a baked model follows the torch model it came from, on the same images."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge_agent.bundle import Parity
+
+EPS = 1e-12
+
+
+def ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="stable")
+    out = np.empty(len(values), dtype=np.float64)
+    out[order] = np.arange(len(values))
+    return out
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 2:
+        return 1.0
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return 1.0
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def parity_report(
+    ref_scores: np.ndarray, scores: np.ndarray, ref_maps: np.ndarray, maps: np.ndarray, threshold: float
+) -> Parity:
+    diff = np.abs(ref_scores - scores)
+    map_diff = np.abs(ref_maps - maps)
+    return Parity(
+        images=len(scores),
+        score_abs_diff_max=float(diff.max()),
+        score_abs_diff_mean=float(diff.mean()),
+        score_rel_diff_max=float((diff / np.maximum(np.abs(ref_scores), EPS)).max()),
+        spearman=spearman(ref_scores, scores),
+        verdict_agreement=float(((ref_scores >= threshold) == (scores >= threshold)).mean()),
+        map_abs_diff_max=float(map_diff.max()),
+        map_abs_diff_mean=float(map_diff.mean()),
+    )

@@ -1,0 +1,98 @@
+"""The edge bundle contract: what `converter bake` writes and the agent loads (DESIGN.md, Artifacts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from edge_agent.errors import BundleError
+from edge_agent.hashing import sha256_file
+
+EDGE_FORMAT_VERSION = 1
+MANIFEST = "manifest.yaml"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EdgeInput(Strict):
+    name: str = "image"
+    height: int
+    width: int
+    channels: int = 3
+    dtype: Literal["uint8"] = "uint8"
+    layout: Literal["NHWC"] = "NHWC"
+    resize: Literal["squash"] = "squash"
+    normalization: Literal["in_graph"] = "in_graph"
+
+
+class Parity(Strict):
+    """Baked model against torch on the validation images."""
+
+    images: int
+    score_abs_diff_max: float
+    score_abs_diff_mean: float
+    score_rel_diff_max: float
+    spearman: float
+    verdict_agreement: float
+    map_abs_diff_max: float
+    map_abs_diff_mean: float
+
+
+class EdgeManifest(Strict):
+    format_version: int
+    model: str  # model type, e.g. patchcore
+    version: str  # what verdicts name as their model: type + short source hash
+    target: Literal["openvino"]
+    precision: Literal["fp32", "fp16", "int8"]
+    input: EdgeInput
+    outputs: tuple[str, ...] = ("anomaly_map", "score")
+    threshold: float
+    score_scale: float  # score / score_scale == 1.0 at the threshold
+    parity: Parity
+    source_bundle_sha256: str
+    created_at: str
+    files: dict[str, str]
+
+
+@dataclass(frozen=True)
+class EdgeBundle:
+    path: Path
+    manifest: EdgeManifest
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+def load_edge_bundle(path: Path) -> EdgeBundle:
+    """Read the manifest and check every file's hash; refuse anything we cannot trust."""
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"no edge bundle at {path} (no {MANIFEST}); make one with `converter bake`")
+    try:
+        raw = yaml.safe_load(manifest_path.read_text())
+    except yaml.YAMLError:
+        raise BundleError(f"{manifest_path} is not valid YAML; re-run `converter bake`") from None
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if version != EDGE_FORMAT_VERSION:
+        raise BundleError(
+            f"edge bundle {path} has format version {version!r}; this agent reads version {EDGE_FORMAT_VERSION}"
+        )
+    try:
+        manifest = EdgeManifest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise BundleError(f"edge manifest {manifest_path} field '{where}': {first['msg']}") from None
+    for name, expected in manifest.files.items():
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"edge bundle file {file} is missing; re-run `converter bake`")
+        if sha256_file(file) != expected:
+            raise BundleError(f"edge bundle file {file} does not match its sha256 (tampered or corrupt); refusing it")
+    return EdgeBundle(path, manifest)

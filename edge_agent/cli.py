@@ -1,0 +1,117 @@
+"""`edge-agent`: the factory-PC service that inspects camera frames and publishes verdicts over MQTT."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from edge_agent.archive import Archive
+from edge_agent.bundle import load_edge_bundle
+from edge_agent.cameras import make_camera
+from edge_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_config
+from edge_agent.console import run_cli, setup_logging
+from edge_agent.errors import AgentError
+from edge_agent.loop import InspectionLoop, LoopOptions, ModelInfo, RunSummary
+from edge_agent.publish.mqtt import MqttPublisher
+from edge_agent.runtimes import make_runtime
+from edge_agent.verdict import ERROR, OK, REJECT
+
+log = logging.getLogger("edge_agent")
+
+UNDELIVERED_EXIT = 1
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def _root() -> None:
+    """Inspect camera frames with a baked model and publish verdicts over MQTT."""
+
+
+def _install_signal_handlers(stop: threading.Event) -> None:
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            log.warning("already stopping; waiting for in-flight verdicts to be delivered")
+        else:
+            log.info("%s received: finishing in-flight frames, then stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+
+
+def _report(name: str, summary: RunSummary, cfg: AgentConfig, archive: Archive | None) -> None:
+    c = summary.counts
+    typer.echo(
+        f"{name}: {summary.frames} frames: {c[OK]} ok, {c[REJECT]} reject, {c[ERROR]} error; "
+        f"{summary.dropped} dropped, {summary.late} late (deadline {cfg.reject.deadline_ms:g} ms)"
+    )
+    stages = ", ".join(f"{s} {summary.median_ms(s):.1f}" for s in summary.stage_ms)
+    typer.echo(f"median latency from capture {summary.median_ms('total'):.1f} ms ({stages})")
+    if archive is not None and archive.saved:
+        typer.echo(f"{archive.saved} reject image(s) and heatmaps archived under {archive.root}")
+
+
+@app.command("run")
+def run_command(
+    camera: Annotated[str, typer.Option(help="camera name from the config's cameras section")],
+    config: Annotated[Path, typer.Option(help="agent config YAML")] = DEFAULT_CONFIG_PATH,
+    max_frames: Annotated[int | None, typer.Option(min=1, help="stop after this many frames")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every verdict")] = False,
+) -> None:
+    """Run the inspection loop until the camera ends, --max-frames, Ctrl-C or SIGTERM.
+
+    Example: edge-agent run --camera gige0 --config configs/agent.yaml --max-frames 100
+    """
+    setup_logging(verbose)
+    cfg = load_config(config)
+    cam_cfg = cfg.camera(camera)
+    bundle = load_edge_bundle(cfg.model.path)
+    manifest = bundle.manifest
+    runtime = make_runtime(bundle, cfg.model)
+    cam = make_camera(camera, cam_cfg)
+    cam.open()
+    stop = threading.Event()
+    _install_signal_handlers(stop)
+    archive = Archive(cfg.archive.path) if cfg.archive.enabled else None
+    publisher = MqttPublisher(cfg.mqtt, cfg.station, manifest.version)
+    publisher.start()
+    model = ModelInfo(
+        manifest.version, manifest.threshold, manifest.score_scale, manifest.input.height, manifest.input.width
+    )
+    options = LoopOptions(
+        max_frames=max_frames,
+        deadline_ms=cfg.reject.deadline_ms,
+        error_is_reject=cfg.reject.error_is_reject,
+        queue_size=cam_cfg.queue_size,
+        flush_timeout_s=cfg.mqtt.flush_timeout_s,
+        stats_interval_s=cfg.metrics.stats_interval_s,
+    )
+    where = f"{cfg.mqtt.host}:{cfg.mqtt.port}"
+    log.info("ready: camera '%s', model %s, publishing to %s", camera, manifest.version, where)
+    try:
+        summary = InspectionLoop(cam, runtime, publisher, model, options, archive).run(stop)
+    finally:
+        cam.close()
+        if archive is not None:
+            archive.close()
+    undelivered = publisher.pending()
+    publisher.stop()
+    _report(camera, summary, cfg, archive)
+    if not summary.delivered:
+        typer.echo(f"error: {undelivered} MQTT message(s) were not acknowledged by the broker", err=True)
+        raise typer.Exit(UNDELIVERED_EXIT)
+
+
+def main() -> None:
+    run_cli(app, (AgentError, OSError))
+
+
+if __name__ == "__main__":
+    main()

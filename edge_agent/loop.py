@@ -1,0 +1,223 @@
+"""The inspection loop: acquisition thread -> bounded queue -> inference -> publisher (its own network thread).
+
+Built from injected parts (camera, runtime, publisher, archive), so tests can swap any of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge_agent.archive import Archive, ArchiveItem
+from edge_agent.cameras.base import Camera
+from edge_agent.errors import CameraError, EndOfStream
+from edge_agent.frame_queue import FrameQueue
+from edge_agent.frames import Frame
+from edge_agent.preprocess import squash
+from edge_agent.publish.base import Publisher
+from edge_agent.runtimes.base import Inference, Runtime
+from edge_agent.verdict import ERROR, OK, REJECT, Verdict, decide
+
+log = logging.getLogger(__name__)
+
+GRAB_TIMEOUT_S = 1.0
+QUEUE_POLL_S = 0.2
+RECONNECT_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+STAGES = ("preprocess", "infer", "publish")
+# Latency medians cover the most recent frames only, so months of running use constant memory.
+LATENCY_WINDOW = 10_000
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    version: str
+    threshold: float
+    score_scale: float
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    max_frames: int | None = None
+    deadline_ms: float = 100.0
+    error_is_reject: bool = True
+    queue_size: int = 4
+    flush_timeout_s: float = 10.0
+    stats_interval_s: float = 10.0
+
+
+@dataclass
+class RunSummary:
+    frames: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: {OK: 0, REJECT: 0, ERROR: 0})
+    late: int = 0
+    dropped: int = 0
+    camera_errors: int = 0
+    delivered: bool = True
+    stage_ms: dict[str, deque[float]] = field(
+        default_factory=lambda: {s: deque(maxlen=LATENCY_WINDOW) for s in STAGES}
+    )
+    latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+
+    def counters(self) -> dict[str, float | int]:
+        return {
+            "frames": self.frames,
+            "ok": self.counts[OK],
+            "rejects": self.counts[REJECT],
+            "errors": self.counts[ERROR],
+            "late": self.late,
+            "dropped": self.dropped,
+            "camera_errors": self.camera_errors,
+        }
+
+    def median_ms(self, stage: str) -> float:
+        values = self.latency_ms if stage == "total" else self.stage_ms[stage]
+        return statistics.median(values) if values else 0.0
+
+
+class InspectionLoop:
+    def __init__(
+        self,
+        camera: Camera,
+        runtime: Runtime,
+        publisher: Publisher,
+        model: ModelInfo,
+        options: LoopOptions,
+        archive: Archive | None = None,
+    ) -> None:
+        self.camera = camera
+        self.runtime = runtime
+        self.publisher = publisher
+        self.model = model
+        self.options = options
+        self.archive = archive
+        self.summary = RunSummary()
+        live = bool(getattr(camera, "live", True))
+        self._queue: FrameQueue[Frame] = FrameQueue(options.queue_size, drop_oldest=live)
+
+    def run(self, stop: threading.Event) -> RunSummary:
+        """Inspect until the camera runs out, `max_frames` were grabbed, or `stop` is set; then deliver
+        everything in flight and return the counts."""
+        acquisition = threading.Thread(target=self._acquire, args=(stop,), name="acquisition", daemon=True)
+        acquisition.start()
+        next_stats = time.monotonic() + self.options.stats_interval_s
+        while not self._queue.finished:
+            frame = self._queue.get(QUEUE_POLL_S)
+            if frame is not None:
+                self._inspect(frame)
+            if time.monotonic() >= next_stats:
+                self._publish_stats()
+                next_stats = time.monotonic() + self.options.stats_interval_s
+        acquisition.join()
+        self.summary.dropped = self._queue.dropped
+        self._publish_stats()
+        self.summary.delivered = self.publisher.flush(self.options.flush_timeout_s)
+        return self.summary
+
+    def _publish_stats(self) -> None:
+        publish_stats = getattr(self.publisher, "publish_stats", None)
+        if publish_stats is not None:
+            publish_stats({**self.summary.counters(), "dropped": self._queue.dropped})
+
+    def _acquire(self, stop: threading.Event) -> None:
+        grabbed = 0
+        failures = 0
+        try:
+            while not stop.is_set():
+                if self.options.max_frames is not None and grabbed >= self.options.max_frames:
+                    break
+                try:
+                    frame = self.camera.grab(GRAB_TIMEOUT_S)
+                except EndOfStream:
+                    log.info("camera '%s' has no more frames", self.camera.name)
+                    break
+                except CameraError as exc:
+                    self.summary.camera_errors += 1
+                    wait = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
+                    failures += 1
+                    log.error("camera '%s' failed: %s; reconnecting in %.0f s", self.camera.name, exc, wait)
+                    if stop.wait(wait):
+                        break
+                    self._reopen()
+                    continue
+                if frame is None:
+                    continue
+                failures = 0
+                grabbed += 1
+                self._queue.put(frame)
+        finally:
+            self._queue.close()
+
+    def _reopen(self) -> None:
+        try:
+            self.camera.close()
+            self.camera.open()
+            log.info("camera '%s' reconnected", self.camera.name)
+        except CameraError as exc:
+            log.error("camera '%s' is still unavailable: %s", self.camera.name, exc)
+
+    def _inspect(self, frame: Frame) -> None:
+        t0 = time.monotonic()
+        image: np.ndarray | None = None
+        result: Inference | None = None
+        error: str | None = None
+        t1 = t0
+        try:
+            image = squash(frame.image, self.model.height, self.model.width)
+            t1 = time.monotonic()
+            result = self.runtime.infer(image)
+        except Exception as exc:  # any failure on one frame must become a fail-safe verdict, not a crash
+            error = f"{type(exc).__name__}: {exc}"
+            log.error("frame %d from '%s' failed: %s", frame.frame_id, self.camera.name, error)
+        t2 = time.monotonic()
+        kind = ERROR if result is None else decide(result.score, self.model.threshold)
+        latency_ms = (t2 - frame.captured_mono) * 1000
+        verdict = Verdict(
+            frame_id=frame.frame_id,
+            camera=self.camera.name,
+            captured_at=frame.captured_at,
+            score=None if result is None else round(result.score, 6),
+            threshold=self.model.threshold,
+            verdict=kind,
+            model=self.model.version,
+            latency_ms=round(latency_ms, 3),
+            late=latency_ms > self.options.deadline_ms,
+            error=error,
+            source=frame.source,
+            reject_on_error=self.options.error_is_reject,
+        )
+        self.publisher.publish(verdict)
+        t3 = time.monotonic()
+        self._count(verdict, {"preprocess": t1 - t0, "infer": t2 - t1, "publish": t3 - t2})
+        if verdict.is_reject and self.archive is not None and image is not None:
+            anomaly_map = None if result is None else result.anomaly_map
+            self.archive.submit(ArchiveItem(verdict, image, anomaly_map, self.model.score_scale))
+
+    def _count(self, verdict: Verdict, seconds: dict[str, float]) -> None:
+        s = self.summary
+        s.frames += 1
+        s.counts[verdict.verdict] += 1
+        s.late += verdict.late
+        s.latency_ms.append(verdict.latency_ms)
+        for stage, value in seconds.items():
+            s.stage_ms[stage].append(value * 1000)
+        level = logging.DEBUG if verdict.verdict == OK else logging.INFO
+        log.log(
+            level,
+            "%s frame %d %s: score %s, threshold %.4g, %.1f ms%s (%s)",
+            verdict.camera,
+            verdict.frame_id,
+            verdict.verdict.upper(),
+            "n/a" if verdict.score is None else f"{verdict.score:.4g}",
+            verdict.threshold,
+            verdict.latency_ms,
+            ", LATE" if verdict.late else "",
+            verdict.source,
+        )
