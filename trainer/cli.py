@@ -41,7 +41,7 @@ def fit_command(
 @app.command("synth")
 def synth_command(
     out: Annotated[Path, typer.Option(help="folder to write (MVTec AD layout)")],
-    train_good: Annotated[int, typer.Option(min=2)] = 40,
+    train_good: Annotated[int, typer.Option(min=2)] = 60,
     test_good: Annotated[int, typer.Option(min=0)] = 10,
     defects_per_type: Annotated[int, typer.Option(min=0)] = 5,
     size: Annotated[int, typer.Option(min=64)] = 256,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,19 @@ def predict_scores(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
     return torch.cat(scores).numpy() if scores else np.zeros(0, np.float32)
 
 
+def calibrate_threshold(holdout_scores: np.ndarray, quantile: float) -> float:
+    """The score above which a good part is expected with probability 1 - `quantile`.
+
+    Hold-out sets are small, so the empirical quantile alone sits at the largest score seen and rejects the
+    next slightly worse good part. A normal fit to the scores extrapolates the tail; the larger of the two wins.
+    """
+    empirical = float(np.quantile(holdout_scores, quantile))
+    if len(holdout_scores) < 2:
+        return empirical
+    z = statistics.NormalDist().inv_cdf(quantile)
+    return max(empirical, float(holdout_scores.mean() + z * holdout_scores.std(ddof=1)))
+
+
 def _files_hash(paths: list[Path]) -> str:
     digest = hashlib.sha256()
     for p in paths:
@@ -99,7 +113,7 @@ def fit(options: FitOptions) -> ModelManifest:
         summary = model.fit(loaded.images[train_idx], progress=bar.update)
 
     holdout_scores = predict_scores(model, loaded.images[hold_idx])
-    threshold = float(np.quantile(holdout_scores, options.threshold_quantile))
+    threshold = calibrate_threshold(holdout_scores, options.threshold_quantile)
     metrics: dict[str, float] = {}
     defects = [s for s in data.test if s.is_defect]
     if defects:

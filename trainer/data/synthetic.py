@@ -16,12 +16,13 @@ import numpy as np
 
 DEFECT_TYPES = ("scratch", "spot", "crack")
 MASK_ON = 255
+MIN_DEFECT_SHARE = 0.001  # of the image area
 
 
 @dataclass(frozen=True)
 class SyntheticSpec:
     size: int = 256
-    train_good: int = 40
+    train_good: int = 60
     test_good: int = 10
     test_defects_per_type: int = 5
     seed: int = 0
@@ -86,9 +87,13 @@ DEFECT_SHADE = {"scratch": 0.35, "spot": 1.45, "crack": 0.25}
 
 def defective(rng: np.random.Generator, size: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
     image, where = _part(rng, size)
+    on_part = where.astype(np.uint8) * MASK_ON
     mask = np.zeros((size, size), np.uint8)
-    DRAWERS[kind](rng, mask, where, size)
-    mask &= where.astype(np.uint8) * MASK_ON
+    # A defect drawn mostly off the part (or into the hole) leaves nothing to find: draw again.
+    while (mask > 0).mean() < MIN_DEFECT_SHARE:
+        mask[:] = 0
+        DRAWERS[kind](rng, mask, where, size)
+        mask &= on_part
     hit = mask > 0
     image[hit] = np.clip(image[hit].astype(np.float32) * DEFECT_SHADE[kind], 0, 255).astype(np.uint8)
     return image, mask

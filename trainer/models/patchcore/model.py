@@ -34,6 +34,8 @@ class PatchCoreRecipe(BaseModel):
     input_size: tuple[int, int] = (256, 256)
     taps: tuple[int, ...] = (4, 10)
     coreset_ratio: float = Field(default=0.01, gt=0, le=1)
+    # Few training images at 1% leave too few patches to cover normal variation; the bank never goes below this.
+    min_memory_bank: int = Field(default=2048, ge=1)
     projection_dim: int = Field(default=32, ge=4)
     max_candidates: int = Field(default=400_000, ge=1000)
     blur_sigma: float = Field(default=4.0, ge=0)
@@ -113,7 +115,7 @@ class PatchCore(nn.Module):
             candidates = features[keep]
         else:
             candidates = features
-        k = max(1, round(len(features) * self.recipe.coreset_ratio))
+        k = max(self.recipe.min_memory_bank, round(len(features) * self.recipe.coreset_ratio))
         chosen = greedy_coreset(candidates, k, self.recipe.projection_dim, self.recipe.seed)
         bank = torch.from_numpy(np.ascontiguousarray(candidates[chosen]))
         self.memory_bank = bank
