@@ -61,9 +61,7 @@ class RunSummary:
     dropped: int = 0
     camera_errors: int = 0
     delivered: bool = True
-    stage_ms: dict[str, deque[float]] = field(
-        default_factory=lambda: {s: deque(maxlen=LATENCY_WINDOW) for s in STAGES}
-    )
+    stage_ms: dict[str, deque[float]] = field(default_factory=lambda: {s: deque(maxlen=LATENCY_WINDOW) for s in STAGES})
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
 
     def counters(self) -> dict[str, float | int]:

@@ -12,6 +12,10 @@ import numba
 import numpy as np
 from numba import prange
 
+# TBB (numba's default pool) warns and may misbehave when the process forks after using it, which OpenVINO and
+# test runners do; the built-in work queue has no such problem, and selection is one parallel loop per step.
+numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]  # set at run time by numba
+
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _greedy_kcenter(points: np.ndarray, k: int, start: int, chunks: int) -> np.ndarray:  # pragma: no cover

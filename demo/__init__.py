@@ -1,0 +1,1 @@
+"""Helpers for the demo and the tests: a local MQTT broker."""

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pipeline import Pipeline
+
+from edge_agent.bundle import load_edge_bundle
+from edge_agent.errors import BundleError
+from edge_agent.imageio import list_images, read_image
+from edge_agent.preprocess import squash
+from edge_agent.runtimes.openvino import OpenVinoRuntime
+from trainer.bundle import load_bundle
+
+FP32_REL_TOLERANCE = 1e-3
+FP32_MIN_SPEARMAN = 0.9999
+
+
+def test_parity_report_meets_fp32_goals(pipeline: Pipeline) -> None:
+    parity = load_edge_bundle(pipeline.edge).manifest.parity
+    assert parity.images > 0
+    assert parity.score_rel_diff_max <= FP32_REL_TOLERANCE
+    assert parity.spearman >= FP32_MIN_SPEARMAN
+    assert parity.verdict_agreement == 1.0
+
+
+def test_agent_runtime_matches_torch_on_defects(pipeline: Pipeline) -> None:
+    """Defect images were not part of the bake's parity set: check them independently here."""
+    model, _ = load_bundle(pipeline.model)
+    runtime = OpenVinoRuntime.from_bundle(load_edge_bundle(pipeline.edge))
+    for path in list_images(pipeline.data / "test" / "scratch"):
+        image = squash(read_image(path), 128, 128)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(image[None]))
+        baked = runtime.infer(image)
+        assert abs(baked.score - float(ref.score[0])) <= FP32_REL_TOLERANCE * float(ref.score[0])
+        np.testing.assert_allclose(baked.anomaly_map, ref.anomaly_map[0, 0].numpy(), rtol=1e-3, atol=1e-2)
+
+
+def test_tampered_bin_is_refused(pipeline: Pipeline, tmp_path: Path) -> None:
+    copy = shutil.copytree(pipeline.edge, tmp_path / "edge")
+    data = bytearray((copy / "model.bin").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "model.bin").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"model\.bin does not match its sha256"):
+        load_edge_bundle(copy)
+
+
+def test_unknown_format_version_is_refused(pipeline: Pipeline, tmp_path: Path) -> None:
+    copy = shutil.copytree(pipeline.edge, tmp_path / "edge")
+    manifest = copy / "manifest.yaml"
+    manifest.write_text(manifest.read_text().replace("format_version: 1", "format_version: 99"))
+    with pytest.raises(BundleError, match="format version 99"):
+        load_edge_bundle(copy)
+
+
+def test_bake_cli_refuses_a_missing_bundle(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "converters.cli", "bake", str(tmp_path / "nope"), "--out", str(tmp_path / "e")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "is not a model bundle" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "e").exists()

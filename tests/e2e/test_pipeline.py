@@ -1,0 +1,113 @@
+"""fit -> bake -> `edge-agent run` against a real mosquitto broker, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from mqtt_collector import MqttCollector
+from pipeline import Pipeline
+
+from demo.broker import Broker
+
+AGENT = [sys.executable, "-m", "edge_agent.cli"]
+STATION = "line1"
+
+
+def flat_replay(pipeline: Pipeline, folder: Path) -> dict[str, bool]:
+    """Test images in one folder; returns file name -> is it defective."""
+    folder.mkdir()
+    truth = {}
+    for kind in sorted((pipeline.data / "test").iterdir()):
+        for image in sorted(kind.iterdir()):
+            name = f"{kind.name}_{image.name}"
+            shutil.copy(image, folder / name)
+            truth[name] = kind.name != "good"
+    return truth
+
+
+def agent_config(tmp_path: Path, broker: Broker, pipeline: Pipeline, camera: dict[str, object]) -> Path:
+    config = {
+        "version": 1,
+        "station": STATION,
+        "cameras": {"cam0": camera, "gige0": {"source": "genicam", "cti": "viky"}},
+        "model": {"path": str(pipeline.edge)},
+        "mqtt": {"host": broker.host, "port": broker.port},
+        "archive": {"path": str(tmp_path / "archive")},
+    }
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_agent(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*AGENT, "run", *args], capture_output=True, text=True, timeout=180)
+
+
+def test_replay_verdicts_reach_the_broker_and_defects_are_rejects(
+    tmp_path: Path, mqtt_broker: Broker, pipeline: Pipeline
+) -> None:
+    truth = flat_replay(pipeline, tmp_path / "replay")
+    config = agent_config(tmp_path, mqtt_broker, pipeline, {"source": "folder", "path": str(tmp_path / "replay")})
+    with (
+        MqttCollector(mqtt_broker.host, mqtt_broker.port, f"inspect/{STATION}/cam0/verdict") as verdicts,
+        MqttCollector(mqtt_broker.host, mqtt_broker.port, f"inspect/{STATION}/cam0/reject") as rejects,
+    ):
+        result = run_agent("--camera", "cam0", "--config", str(config))
+        assert result.returncode == 0, result.stderr
+        # The agent exits only after the broker acknowledged everything, so all messages are there now.
+        payloads = [json.loads(m[1]) for m in verdicts.wait_for(len(truth), 5.0)]
+        reject_payloads = [json.loads(m[1]) for m in rejects.messages]
+    assert len(payloads) == len(truth)
+    keys = {"frame_id", "camera", "captured_at", "published_at", "latency_ms", "score", "threshold", "verdict"}
+    assert keys | {"model", "regions"} <= payloads[0].keys()
+    decided = {p["source"]: p["verdict"] == "reject" for p in payloads}
+    assert decided == truth
+    assert sorted(r["frame_id"] for r in reject_payloads) == sorted(
+        p["frame_id"] for p in payloads if p["verdict"] == "reject"
+    )
+    assert f"{sum(truth.values())} reject" in result.stdout
+    assert len(list((tmp_path / "archive").rglob("*_heatmap.png"))) == sum(truth.values())
+
+
+def test_genicam_simulator_through_the_agent(tmp_path: Path, mqtt_broker: Broker, pipeline: Pipeline) -> None:
+    config = agent_config(tmp_path, mqtt_broker, pipeline, {"source": "folder", "path": str(tmp_path)})
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, f"inspect/{STATION}/gige0/verdict") as verdicts:
+        result = run_agent("--camera", "gige0", "--config", str(config), "--max-frames", "5")
+        assert result.returncode == 0, result.stderr
+        payloads = [json.loads(m[1]) for m in verdicts.wait_for(5, 5.0)]
+    assert [p["frame_id"] for p in payloads] == [1, 2, 3, 4, 5]
+    assert all(p["verdict"] in ("ok", "reject") for p in payloads)
+
+
+def test_sigterm_stops_cleanly_after_delivering_in_flight_verdicts(
+    tmp_path: Path, mqtt_broker: Broker, pipeline: Pipeline
+) -> None:
+    flat_replay(pipeline, tmp_path / "replay")
+    camera = {"source": "folder", "path": str(tmp_path / "replay"), "fps": 20, "loop": True}
+    config = agent_config(tmp_path, mqtt_broker, pipeline, camera)
+    with (
+        MqttCollector(mqtt_broker.host, mqtt_broker.port, f"inspect/{STATION}/cam0/verdict") as verdicts,
+        MqttCollector(mqtt_broker.host, mqtt_broker.port, f"inspect/{STATION}/status") as status,
+    ):
+        agent = subprocess.Popen(
+            [*AGENT, "run", "--camera", "cam0", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        verdicts.wait_for(10, 60.0)
+        agent.send_signal(signal.SIGTERM)
+        out, err = agent.communicate(timeout=60)
+        assert agent.returncode == 0, err
+        frames = int(out.split("cam0: ")[1].split(" frames")[0])
+        time.sleep(0.2)
+        assert len(verdicts.messages) == frames
+        assert [m[1] for m in status.messages][-1] == b"offline"
+    assert "SIGTERM received" in err

@@ -1,0 +1,287 @@
+"""GenicamCamera against the real viky.cti simulator (three devices, 400 x 400 RGBa8, 20 fps,
+device 0 draws a red ball, 1 a green one, 2 a blue one), and the pixel-format conversion."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from harvesters.core import Harvester
+
+from edge_agent.cameras.base import Camera
+from edge_agent.cameras.genicam import GenicamCamera, resolve_cti, to_rgb_or_mono
+from edge_agent.config import GenicamCameraConfig
+from edge_agent.errors import CameraError
+from edge_agent.frames import Frame
+
+OpenCamera = Callable[..., GenicamCamera]
+
+
+@pytest.fixture
+def open_camera() -> Iterator[OpenCamera]:
+    """Opens cameras and closes every one of them, whatever the test does."""
+    cameras: list[Camera] = []  # also checks, under mypy, that GenicamCamera is a Camera
+
+    def factory(**fields: Any) -> GenicamCamera:
+        camera = GenicamCamera("gige0", GenicamCameraConfig(source="genicam", **fields))
+        cameras.append(camera)
+        camera.open()
+        return camera
+
+    try:
+        yield factory
+    finally:
+        for camera in cameras:
+            camera.close()
+
+
+def viky_devices() -> list[dict[str, Any]]:
+    """The simulator's device list, read with a Harvester of our own that is gone before any camera opens."""
+    harvester = Harvester()
+    try:
+        harvester.add_file(str(resolve_cti("viky")))
+        harvester.update()
+        return [dict(info.property_dict) for info in harvester.device_info_list]
+    finally:
+        harvester.reset()
+
+
+def grab_frames(camera: GenicamCamera, count: int) -> list[Frame]:
+    frames = []
+    for _ in range(count):
+        frame = camera.grab(2.0)
+        assert frame is not None, "viky delivers 20 fps; a 2 s grab must not time out"
+        frames.append(frame)
+    return frames
+
+
+def ball_colour(image: np.ndarray) -> np.ndarray:
+    """Mean RGB of the pixels that are not the white background."""
+    ball = image[(image < 250).any(axis=2)]
+    assert len(ball) > 0, "no ball in the picture"
+    colour: np.ndarray = ball.mean(axis=0)
+    return colour
+
+
+# --- the real simulator ---------------------------------------------------------------------
+
+
+def test_viky_resolves_to_the_simulator_in_the_genicam_package() -> None:
+    import genicam
+
+    assert resolve_cti("viky") == Path(genicam.__file__).resolve().parent / "viky.cti"
+
+
+def test_device_0_free_runs_rgb_frames(open_camera: OpenCamera) -> None:
+    camera = open_camera(device=0)
+    before = time.monotonic()
+    frames = grab_frames(camera, 4)
+
+    for frame in frames:
+        assert frame.image.shape == (400, 400, 3)
+        assert frame.image.dtype == np.uint8
+        assert frame.source == "0"
+        assert before <= frame.captured_mono <= time.monotonic()
+        assert abs(frame.captured_at - time.time()) < 10
+        # viky's buffers carry no timestamp (GetBufferInfo: "timestamps not supported by the device"):
+        # the frame says so rather than inventing one.
+        assert frame.camera_timestamp is None
+    ids = [frame.frame_id for frame in frames]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids), ids
+    monos = [frame.captured_mono for frame in frames]
+    assert monos == sorted(monos)
+    # RGBa8 -> RGB in the right order: device 0 draws a pure red ball.
+    np.testing.assert_allclose(ball_colour(frames[-1].image), [255, 0, 0])
+
+
+class Mono8Camera(GenicamCamera):
+    """viky also speaks Mono8; the config has no pixel format yet, so switch it before acquisition starts."""
+
+    def _apply_trigger(self, node_map: Any) -> None:
+        super()._apply_trigger(node_map)
+        node_map.get_node("PixelFormat").value = "Mono8"
+
+
+def test_mono8_frames_survive_the_buffer_going_back() -> None:
+    # Mono8 is the format where the converted image could still point into the producer's buffer.
+    camera = Mono8Camera("gige0", GenicamCameraConfig(source="genicam"))
+    try:
+        camera.open()
+        first = grab_frames(camera, 1)[0]
+        assert first.image.shape == (400, 400) and first.image.dtype == np.uint8
+        kept = first.image.copy()
+        later = grab_frames(camera, 6)  # viky cycles through a few buffers and its ball moves
+        assert any(not np.array_equal(frame.image, kept) for frame in later), "the scene should change"
+        np.testing.assert_array_equal(first.image, kept)
+    finally:
+        camera.close()
+
+
+def test_device_by_serial_number(open_camera: OpenCamera) -> None:
+    devices = viky_devices()
+    assert len(devices) == 3
+    serial = devices[2]["serial_number"]
+    assert isinstance(serial, str) and serial
+
+    camera = open_camera(device=serial)
+    frame = grab_frames(camera, 1)[0]
+    assert frame.source == serial
+    np.testing.assert_allclose(ball_colour(frame.image), [0, 0, 255])  # the third device draws blue
+
+
+def test_device_by_id(open_camera: OpenCamera) -> None:
+    camera = open_camera(device="VikyTL_DEV_green")
+    np.testing.assert_allclose(ball_colour(grab_frames(camera, 1)[0].image), [0, 255, 0])
+
+
+@pytest.mark.parametrize("device", ["no-such-camera", 7])
+def test_unknown_device_lists_the_devices_found(device: int | str) -> None:
+    camera = GenicamCamera("gige0", GenicamCameraConfig(source="genicam", device=device))
+    with pytest.raises(CameraError) as caught:
+        camera.open()
+    message = str(caught.value)
+    assert str(device) in message
+    for info in viky_devices():
+        assert f"serial {info['serial_number']}" in message
+        assert info["id_"] in message
+    assert not camera.is_open
+
+
+def test_software_trigger_on_viky_names_the_missing_node() -> None:
+    camera = GenicamCamera("gige0", GenicamCameraConfig(source="genicam", trigger="software"))
+    with pytest.raises(CameraError, match="TriggerMode"):
+        camera.open()
+    assert not camera.is_open
+    # the failed open let go of the device and the producer: a free-running camera opens afterwards
+    again = GenicamCamera("gige0", GenicamCameraConfig(source="genicam"))
+    try:
+        again.open()
+        assert again.grab(2.0) is not None
+    finally:
+        again.close()
+
+
+def test_missing_cti_names_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "vendor" / "producer.cti"
+    camera = GenicamCamera("gige0", GenicamCameraConfig(source="genicam", cti=str(missing)))
+    with pytest.raises(CameraError, match=str(missing)):
+        camera.open()
+
+
+def test_a_file_that_is_no_producer(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.cti"
+    bogus.write_bytes(b"not a shared library")
+    camera = GenicamCamera("gige0", GenicamCameraConfig(source="genicam", cti=str(bogus)))
+    with pytest.raises(CameraError, match="not a loadable GenTL producer"):
+        camera.open()
+
+
+def test_grab_returns_none_on_timeout(open_camera: OpenCamera) -> None:
+    camera = open_camera()
+    grab_frames(camera, 1)
+    # frames come every 50 ms: draining with 5 ms waits must soon find none ready
+    results = [camera.grab(0.005) for _ in range(30)]
+    assert None in results
+
+
+def test_close_is_idempotent_and_grab_after_close_fails() -> None:
+    camera = GenicamCamera("gige0", GenicamCameraConfig(source="genicam"))
+    camera.close()  # never opened
+    camera.open()
+    try:
+        assert camera.grab(2.0) is not None
+    finally:
+        camera.close()
+    camera.close()
+    assert not camera.is_open
+    with pytest.raises(CameraError, match="not open"):
+        camera.grab(0.1)
+    camera.open()  # and it opens again
+    try:
+        assert camera.grab(2.0) is not None
+    finally:
+        camera.close()
+
+
+# --- pixel formats, no camera -----------------------------------------------------------------
+
+
+def test_mono8() -> None:
+    data = np.arange(12, dtype=np.uint8)
+    image = to_rgb_or_mono(data, 4, 3, "Mono8")
+    assert image.shape == (3, 4) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image, data.reshape(3, 4))
+
+
+def test_rows_with_padding_are_cropped() -> None:
+    padded = np.array([[1, 2, 3, 0, 0], [4, 5, 6, 0, 0]], dtype=np.uint8).reshape(-1)
+    np.testing.assert_array_equal(to_rgb_or_mono(padded, 3, 2, "Mono8"), [[1, 2, 3], [4, 5, 6]])
+
+
+def test_rgb8_and_bgr8() -> None:
+    rgb = np.array([[[10, 20, 30], [40, 50, 60]]], dtype=np.uint8)
+    np.testing.assert_array_equal(to_rgb_or_mono(rgb.reshape(-1), 2, 1, "RGB8"), rgb)
+    bgr = rgb[:, :, ::-1].copy()
+    out = to_rgb_or_mono(bgr.reshape(-1), 2, 1, "BGR8")
+    np.testing.assert_array_equal(out, rgb)
+    assert out.flags.c_contiguous
+
+
+@pytest.mark.parametrize(("pixel_format", "order"), [("RGBa8", [0, 1, 2]), ("BGRa8", [2, 1, 0])])
+def test_four_channel_formats_drop_alpha(pixel_format: str, order: list[int]) -> None:
+    rgb = np.array([[[200, 100, 50], [1, 2, 3]], [[7, 8, 9], [255, 0, 128]]], dtype=np.uint8)
+    four = np.concatenate([rgb[:, :, order], np.full((2, 2, 1), 77, np.uint8)], axis=2)
+    out = to_rgb_or_mono(four.reshape(-1), 2, 2, pixel_format)
+    assert out.shape == (2, 2, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, rgb)
+
+
+# The 2 x 2 tile each PFNC name describes, top-left first.
+BAYER_TILES = {"BayerRG8": "RGGB", "BayerGR8": "GRBG", "BayerBG8": "BGGR", "BayerGB8": "GBRG"}
+
+
+def bayer_mosaic(tile: str, rgb: tuple[int, int, int], size: int = 16) -> np.ndarray:
+    """A uniform scene of colour `rgb` as the sensor with this tile sees it."""
+    value = dict(zip("RGB", rgb, strict=True))
+    mosaic = np.zeros((size, size), np.uint8)
+    for cell, letter in enumerate(tile):
+        mosaic[cell // 2 :: 2, cell % 2 :: 2] = value[letter]
+    return mosaic
+
+
+@pytest.mark.parametrize("pixel_format", sorted(BAYER_TILES))
+@pytest.mark.parametrize("colour", [(200, 0, 0), (0, 0, 200), (0, 200, 0)])
+def test_bayer_pure_colour_scene(pixel_format: str, colour: tuple[int, int, int]) -> None:
+    mosaic = bayer_mosaic(BAYER_TILES[pixel_format], colour)
+    out = to_rgb_or_mono(mosaic.reshape(-1), 16, 16, pixel_format)
+    assert out.shape == (16, 16, 3) and out.dtype == np.uint8
+    mean = out[4:-4, 4:-4].reshape(-1, 3).mean(axis=0)  # away from the border interpolation
+    np.testing.assert_allclose(mean, colour, atol=5)
+
+
+@pytest.mark.parametrize(("pixel_format", "top"), [("Mono10", 1023), ("Mono12", 4095), ("Mono16", 65535)])
+def test_deep_mono_scales_to_8_bits(pixel_format: str, top: int) -> None:
+    data = np.array([0, top, (top + 1) // 2, top // 4], dtype=np.uint16)
+    out = to_rgb_or_mono(data, 2, 2, pixel_format)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, [[0, 255], [128, 63]])
+
+
+def test_mono12_from_raw_little_endian_bytes() -> None:
+    values = np.array([[0, 4095], [2048, 16]], dtype="<u2")
+    out = to_rgb_or_mono(values.view(np.uint8).reshape(-1), 2, 2, "Mono12")
+    np.testing.assert_array_equal(out, [[0, 255], [128, 1]])
+
+
+def test_unsupported_pixel_format_is_named() -> None:
+    with pytest.raises(CameraError, match="YCbCr422_8"):
+        to_rgb_or_mono(np.zeros(8, np.uint8), 2, 2, "YCbCr422_8")
+
+
+def test_buffer_of_the_wrong_size() -> None:
+    with pytest.raises(CameraError, match="does not fit"):
+        to_rgb_or_mono(np.zeros(10, np.uint8), 4, 4, "Mono8")

@@ -1,0 +1,292 @@
+"""MqttPublisher against a real mosquitto (and the demo broker helpers)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from mqtt_collector import MqttCollector
+from paho.mqtt.client import Client
+from paho.mqtt.enums import CallbackAPIVersion
+
+from demo.broker import Broker, free_port, run_broker, start_amqtt, start_mosquitto
+from edge_agent.config import MqttConfig
+from edge_agent.publish.fake import FakePublisher
+from edge_agent.publish.mqtt import MqttPublisher
+from edge_agent.verdict import ERROR, OK, REJECT, Verdict, VerdictKind
+
+STATION = "press2"
+PREFIX = "inspect"
+BASE = f"{PREFIX}/{STATION}"
+REPO = Path(__file__).resolve().parents[3]
+PAYLOAD_KEYS = {
+    "frame_id",
+    "camera",
+    "captured_at",
+    "published_at",
+    "latency_ms",
+    "score",
+    "threshold",
+    "verdict",
+    "model",
+    "regions",
+}
+
+MakePublisher = Callable[..., MqttPublisher]
+
+
+def verdict(frame_id: int, kind: VerdictKind = OK, camera: str = "cam0") -> Verdict:
+    score = {OK: 0.2, REJECT: 0.9, ERROR: None}[kind]
+    return Verdict(
+        frame_id=frame_id,
+        camera=camera,
+        captured_at=time.time(),
+        score=score,
+        threshold=0.5,
+        verdict=kind,
+        model="patchcore-lite0",
+        latency_ms=12.5,
+        regions=[{"x": 1, "y": 2, "w": 3, "h": 4}] if kind == REJECT else [],
+        error="bad buffer" if kind == ERROR else None,
+    )
+
+
+@pytest.fixture
+def make_publisher() -> Iterator[MakePublisher]:
+    """Builds publishers for a host/port and stops them all after the test."""
+    made: list[MqttPublisher] = []
+
+    def make(host: str, port: int, **kwargs: float) -> MqttPublisher:
+        config = MqttConfig(host=host, port=port, topic_prefix=PREFIX)
+        publisher = MqttPublisher(config, STATION, "patchcore-lite0", **kwargs)  # type: ignore[arg-type]
+        made.append(publisher)
+        return publisher
+
+    yield make
+    for publisher in made:
+        publisher.stop()
+
+
+def started(make: MakePublisher, broker: Broker) -> MqttPublisher:
+    publisher = make(broker.host, broker.port)
+    publisher.start()
+    assert publisher.connected
+    return publisher
+
+
+def test_verdict_goes_to_camera_verdict_topic_with_design_keys(
+    mqtt_broker: Broker, make_publisher: MakePublisher
+) -> None:
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{BASE}/+/verdict") as collector:
+        publisher = started(make_publisher, mqtt_broker)
+        v = verdict(7, camera="gige0")
+        before = time.time()
+        publisher.publish(v)
+        assert publisher.flush(5)
+        (topic, payload, retain), *_ = collector.wait_for(1, 5)
+
+    assert topic == f"{BASE}/gige0/verdict"
+    assert not retain
+    body = json.loads(payload)
+    assert body.keys() >= PAYLOAD_KEYS
+    assert body["frame_id"] == 7
+    assert body["camera"] == "gige0"
+    assert body["verdict"] == "ok"
+    assert body["model"] == "patchcore-lite0"
+    assert body["threshold"] == 0.5
+    assert body["regions"] == []
+    assert v.published_at is not None and before <= v.published_at <= time.time()
+    assert body["published_at"] == v.published_at
+
+
+def test_published_at_is_kept_when_already_set(mqtt_broker: Broker, make_publisher: MakePublisher) -> None:
+    publisher = started(make_publisher, mqtt_broker)
+    v = verdict(1)
+    v.published_at = 123.0
+    publisher.publish(v)
+    assert v.published_at == 123.0
+
+
+def test_reject_topic_only_for_reject_and_error(mqtt_broker: Broker, make_publisher: MakePublisher) -> None:
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{BASE}/#") as collector:
+        publisher = started(make_publisher, mqtt_broker)
+        kinds: list[VerdictKind] = [OK, REJECT, OK, ERROR, OK]
+        for i, kind in enumerate(kinds):
+            publisher.publish(verdict(i, kind))
+        assert publisher.flush(5)
+        # 1 retained-online status, 5 verdicts, 2 rejects
+        collector.wait_for(1 + len(kinds) + 2, 5)
+        time.sleep(0.1)  # nothing more may come
+
+    rejects = [json.loads(p) for _, p, _ in collector.on(f"{BASE}/cam0/reject")]
+    verdicts = [json.loads(p) for _, p, _ in collector.on(f"{BASE}/cam0/verdict")]
+    assert [v["frame_id"] for v in verdicts] == [0, 1, 2, 3, 4]
+    assert [(r["frame_id"], r["verdict"]) for r in rejects] == [(1, "reject"), (3, "error")]
+    assert {"frame_id", "captured_at"} <= rejects[0].keys()
+    assert len(collector.messages) == 1 + 5 + 2
+
+
+def test_status_online_is_retained_for_a_late_subscriber(mqtt_broker: Broker, make_publisher: MakePublisher) -> None:
+    publisher = started(make_publisher, mqtt_broker)
+    assert publisher.flush(5)  # the 'online' status is QoS 1 too
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{BASE}/status") as collector:
+        messages = collector.wait_for(1, 5)
+    assert messages == [(f"{BASE}/status", b"online", True)]
+
+
+def test_status_offline_after_stop_and_stop_is_idempotent(mqtt_broker: Broker, make_publisher: MakePublisher) -> None:
+    publisher = started(make_publisher, mqtt_broker)
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{BASE}/status") as live:
+        live.wait_for(1, 5)  # the retained 'online'
+        publisher.stop()
+        publisher.stop()
+        messages = live.wait_for(2, 5)
+    assert [p for _, p, _ in messages] == [b"online", b"offline"]
+    assert not publisher.connected
+    with pytest.raises(RuntimeError):
+        publisher.publish(verdict(1))
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{BASE}/status") as late:
+        assert late.wait_for(1, 5) == [(f"{BASE}/status", b"offline", True)]
+
+
+def test_last_will_says_offline_when_the_agent_dies(mqtt_broker: Broker) -> None:
+    script = textwrap.dedent(
+        f"""
+        import time
+        from edge_agent.config import MqttConfig
+        from edge_agent.publish.mqtt import MqttPublisher
+        p = MqttPublisher(MqttConfig(host={mqtt_broker.host!r}, port={mqtt_broker.port}), {STATION!r}, "m")
+        p.start()
+        print("connected" if p.connected else "not connected", flush=True)
+        time.sleep(60)
+        """
+    )
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{BASE}/status") as collector:
+        proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "connected"
+            collector.wait_for(1, 5)
+        finally:
+            proc.kill()  # no clean disconnect: the broker must publish the will
+            proc.wait(5)
+        messages = collector.wait_for(2, 5)
+    assert [(p, r) for _, p, r in messages] == [(b"online", False), (b"offline", False)]
+
+
+def test_flush_after_200_verdicts(mqtt_broker: Broker, make_publisher: MakePublisher) -> None:
+    n = 200
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{BASE}/cam0/verdict") as collector:
+        publisher = started(make_publisher, mqtt_broker)
+        for i in range(n):
+            publisher.publish(verdict(i))
+        assert publisher.flush(10)
+        assert publisher.pending() == 0
+        messages = collector.wait_for(n, 10)
+    assert [json.loads(p)["frame_id"] for _, p, _ in messages] == list(range(n))
+
+
+def test_stats_topic(mqtt_broker: Broker, make_publisher: MakePublisher) -> None:
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{BASE}/stats") as collector:
+        publisher = started(make_publisher, mqtt_broker)
+        publisher.publish_stats({"frames": 10, "dropped": 1, "fps": 29.5})
+        (topic, payload, _), *_ = collector.wait_for(1, 5)
+    assert topic == f"{BASE}/stats"
+    body = json.loads(payload)
+    assert body["counters"] == {"frames": 10, "dropped": 1, "fps": 29.5}
+    assert body["station"] == STATION
+    assert publisher.pending() == 0  # QoS 0 is never counted as pending
+
+
+def test_flush_times_out_without_a_broker(make_publisher: MakePublisher) -> None:
+    publisher = make_publisher("127.0.0.1", free_port(), connect_wait_s=0.5)
+    publisher.start()
+    assert not publisher.connected
+    publisher.publish(verdict(1, REJECT))
+    publisher.publish_stats({"frames": 1})  # QoS 0 while offline: not queued, not pending
+    assert publisher.pending() == 2  # verdict + reject
+    started_at = time.monotonic()
+    assert not publisher.flush(0.2)
+    assert time.monotonic() - started_at < 1.0
+
+
+def test_verdicts_published_before_the_broker_is_up_arrive_after_connect(make_publisher: MakePublisher) -> None:
+    port = free_port()
+    # start() returns on the first refused connection; paho retries 1 s later, by which time the
+    # broker is up and the collector subscribed.
+    publisher = make_publisher("127.0.0.1", port, connect_wait_s=0.5)
+    publisher.start()
+    assert not publisher.connected
+    for i in range(5):
+        publisher.publish(verdict(i))
+    assert publisher.pending() == 5
+    with (
+        start_mosquitto(port=port) as broker,
+        MqttCollector(broker.host, broker.port, f"{BASE}/cam0/verdict") as collector,
+    ):
+        assert publisher.flush(15)
+        assert publisher.pending() == 0
+        messages = collector.wait_for(5, 5)
+        assert publisher.connected
+    assert [json.loads(p)["frame_id"] for _, p, _ in messages] == [0, 1, 2, 3, 4]
+
+
+def test_client_id_from_config_or_default() -> None:
+    named = MqttPublisher(MqttConfig(client_id="line2-agent"), STATION, "m")
+    default = MqttPublisher(MqttConfig(), STATION, "m")
+    assert named.client_id == "line2-agent"
+    assert default.client_id.startswith(f"edge-agent-{STATION}-")
+    named.stop()  # never started: a no-op
+    default.stop()
+
+
+def _round_trip(broker: Broker) -> bytes:
+    with MqttCollector(broker.host, broker.port, "demo/#") as collector:
+        client = Client(CallbackAPIVersion.VERSION2, client_id="demo-check")
+        client.connect(broker.host, broker.port)
+        client.loop_start()
+        client.publish("demo/hello", b"hi", qos=1).wait_for_publish(5)
+        client.disconnect()
+        client.loop_stop()
+        messages = collector.wait_for(1, 5)
+    return messages[0][1]
+
+
+def test_run_broker_yields_a_working_broker() -> None:
+    with run_broker() as broker:
+        assert broker.host == "127.0.0.1"
+        assert broker.kind in ("mosquitto", "amqtt")
+        assert _round_trip(broker) == b"hi"
+
+
+def test_amqtt_fallback_broker_works_with_the_publisher(make_publisher: MakePublisher) -> None:
+    pytest.importorskip("amqtt")
+    with start_amqtt() as broker:
+        assert broker.kind == "amqtt"
+        with MqttCollector(broker.host, broker.port, f"{BASE}/#") as collector:
+            publisher = started(make_publisher, broker)
+            publisher.publish(verdict(1, REJECT))
+            assert publisher.flush(5)
+            collector.wait_for(3, 5)
+        publisher.stop()
+    topics = sorted(t for t, _, _ in collector.messages)
+    assert topics == [f"{BASE}/cam0/reject", f"{BASE}/cam0/verdict", f"{BASE}/status"]
+
+
+def test_fake_publisher_records_what_the_loop_gives_it() -> None:
+    fake = FakePublisher()
+    fake.start()
+    fake.publish(verdict(1))
+    fake.publish(verdict(2, ERROR))
+    assert fake.flush(1.0)
+    fake.stop()
+    assert fake.started and fake.stopped
+    assert [v.frame_id for v in fake.verdicts] == [1, 2]
+    assert [v.frame_id for v in fake.rejects] == [2]
+    assert all(v.published_at is not None for v in fake.verdicts)

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge_agent.config import FolderCameraConfig, GenicamCameraConfig, load_config
+from edge_agent.errors import AgentError
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Exactly as DESIGN.md prints it: users' scripts rely on these keys.
+DESIGN_MINIMAL = """\
+version: 1
+station: press2
+cameras:
+  cam0:                 # replay a folder of images (sorted by name), optionally at a fixed rate
+    source: folder
+    path: /data/replay
+    fps: 30
+  gige0:
+    source: genicam
+    cti: viky           # 'viky' = the simulator shipped in the genicam package; else a path to a .cti
+    device: 0           # index, serial number or user-defined name
+    trigger: free-run   # free-run | software | hardware
+model:
+  path: /var/lib/edge-agent/models/press2   # an edge bundle directory
+  runtime: openvino     # openvino | onnxruntime
+  device: CPU           # CPU | GPU | AUTO (OpenVINO)
+mqtt:
+  host: 127.0.0.1
+  port: 1883
+  topic_prefix: inspect
+reject:
+  deadline_ms: 100
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_design_minimal_config_loads_as_written(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, DESIGN_MINIMAL))
+    assert cfg.station == "press2"
+    cam0, gige0 = cfg.camera("cam0"), cfg.camera("gige0")
+    assert isinstance(cam0, FolderCameraConfig) and cam0.fps == 30 and cam0.path == Path("/data/replay")
+    assert isinstance(gige0, GenicamCameraConfig) and gige0.device == 0 and gige0.trigger == "free-run"
+    assert cfg.model.path == Path("/var/lib/edge-agent/models/press2")
+    assert (cfg.mqtt.topic_prefix, cfg.reject.deadline_ms) == ("inspect", 100)
+
+
+def test_example_config_in_repo_loads() -> None:
+    cfg = load_config(REPO / "configs" / "agent.yaml")
+    gige0 = cfg.camera("gige0")
+    assert isinstance(gige0, GenicamCameraConfig) and gige0.cti == "viky"
+
+
+def test_relative_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None:
+    text = DESIGN_MINIMAL.replace("/data/replay", "replay").replace("/var/lib/edge-agent/models/press2", "edge")
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.model.path == tmp_path / "edge"
+    cam0 = cfg.camera("cam0")
+    assert isinstance(cam0, FolderCameraConfig) and cam0.path == tmp_path / "replay"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("    fps: 30", "    fpz: 30", "unknown field 'cameras.cam0.fpz'"),
+        ("  port: 1883", "  port: lots", "field 'mqtt.port'"),
+        ("  device: CPU ", "  device: TPU ", "field 'model.device'"),
+        ("version: 1", "version: 7", "field 'version'"),
+        ("    source: folder", "    source: usb", "field 'cameras.cam0'"),
+    ],
+)
+def test_bad_fields_are_named(tmp_path: Path, old: str, new: str, message: str) -> None:
+    assert old in DESIGN_MINIMAL
+    with pytest.raises(AgentError, match=message):
+        load_config(write(tmp_path, DESIGN_MINIMAL.replace(old, new)))
+
+
+def test_unknown_camera_lists_known_ones(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, DESIGN_MINIMAL))
+    with pytest.raises(AgentError, match="unknown camera 'cam9'; this config defines: cam0, gige0"):
+        cfg.camera("cam9")
+
+
+def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(AgentError, match="not valid YAML at line"):
+        load_config(write(tmp_path, "version: 1\nstation: [unclosed\n"))
+    with pytest.raises(AgentError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")

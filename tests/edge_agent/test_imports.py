@@ -1,0 +1,21 @@
+"""A factory PC installs only `.[agent]`: the agent must never pull in torch, the trainer or the converters."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+CHECK = """
+import pkgutil, importlib, sys
+import edge_agent
+for module in pkgutil.walk_packages(edge_agent.__path__, "edge_agent."):
+    importlib.import_module(module.name)
+leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "trainer", "converters"))
+print(",".join(leaked))
+"""
+
+
+def test_every_agent_module_imports_without_torch_trainer_or_converters() -> None:
+    result = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""

@@ -1,0 +1,201 @@
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_agent.archive import Archive
+from edge_agent.cameras.folder import FolderCamera
+from edge_agent.config import FolderCameraConfig
+from edge_agent.errors import CameraError, EndOfStream
+from edge_agent.frame_queue import FrameQueue
+from edge_agent.frames import Frame
+from edge_agent.loop import InspectionLoop, LoopOptions, ModelInfo
+from edge_agent.publish.fake import FakePublisher
+from edge_agent.runtimes.base import Inference
+from edge_agent.runtimes.fake import FakeRuntime
+
+MODEL = ModelInfo(version="test-1", threshold=100.0, score_scale=100.0, height=16, width=16)
+
+
+def brightness(image: np.ndarray) -> float:
+    return float(image.mean())
+
+
+def replay(tmp_path: Path, levels: list[int], **kwargs: object) -> FolderCamera:
+    for i, level in enumerate(levels):
+        cv2.imwrite(str(tmp_path / f"{i:03d}.png"), np.full((20, 30), level, np.uint8))
+    camera = FolderCamera("cam0", FolderCameraConfig(source="folder", path=tmp_path, **kwargs))
+    camera.open()
+    return camera
+
+
+def test_replay_gives_one_verdict_per_image_in_order(tmp_path: Path) -> None:
+    camera = replay(tmp_path, [10, 200, 30, 250])
+    publisher = FakePublisher()
+    archive = Archive(tmp_path / "archive")
+    summary = InspectionLoop(camera, FakeRuntime(brightness), publisher, MODEL, LoopOptions(), archive).run(
+        threading.Event()
+    )
+    archive.close()
+    assert [v.verdict for v in publisher.verdicts] == ["ok", "reject", "ok", "reject"]
+    assert [v.source for v in publisher.verdicts] == ["000.png", "001.png", "002.png", "003.png"]
+    assert all(v.model == "test-1" and v.threshold == 100.0 for v in publisher.verdicts)
+    assert summary.counts == {"ok": 2, "reject": 2, "error": 0}
+    assert summary.delivered
+    assert archive.saved == 2
+    assert len(list((tmp_path / "archive").rglob("*_reject_heatmap.png"))) == 2
+
+
+def test_runtime_failure_is_a_fail_safe_error_verdict(tmp_path: Path) -> None:
+    def explode(image: np.ndarray) -> float:
+        if image.mean() > 100:
+            raise RuntimeError("inference request failed")
+        return 1.0
+
+    publisher = FakePublisher()
+    camera = replay(tmp_path, [10, 200, 10])
+    summary = InspectionLoop(camera, FakeRuntime(explode), publisher, MODEL, LoopOptions()).run(threading.Event())
+    error = publisher.verdicts[1]
+    assert (error.verdict, error.score, error.is_reject) == ("error", None, True)
+    assert "inference request failed" in (error.error or "")
+    assert summary.counts["error"] == 1 and summary.frames == 3
+
+
+def test_error_is_not_a_reject_when_configured(tmp_path: Path) -> None:
+    publisher = FakePublisher()
+    runtime = FakeRuntime(lambda image: 1 / 0)
+    options = LoopOptions(error_is_reject=False)
+    InspectionLoop(replay(tmp_path, [1]), runtime, publisher, MODEL, options).run(threading.Event())
+    assert publisher.verdicts[0].verdict == "error" and not publisher.verdicts[0].is_reject
+
+
+def test_max_frames_with_looping_replay(tmp_path: Path) -> None:
+    publisher = FakePublisher()
+    camera = replay(tmp_path, [1, 2, 3], loop=True)
+    summary = InspectionLoop(camera, FakeRuntime(brightness), publisher, MODEL, LoopOptions(max_frames=7)).run(
+        threading.Event()
+    )
+    assert summary.frames == 7
+    assert [v.frame_id for v in publisher.verdicts] == list(range(1, 8))
+
+
+def test_stop_event_ends_a_live_run_and_delivers_in_flight_frames(tmp_path: Path) -> None:
+    publisher = FakePublisher()
+    camera = replay(tmp_path, [1, 2, 3], loop=True, fps=200)
+    stop = threading.Event()
+    loop = InspectionLoop(camera, FakeRuntime(brightness), publisher, MODEL, LoopOptions())
+    threading.Timer(0.3, stop.set).start()
+    summary = loop.run(stop)
+    assert summary.frames > 5
+    assert summary.frames == len(publisher.verdicts)
+    assert publisher.flush_calls == [LoopOptions().flush_timeout_s]
+
+
+class SlowRuntime:
+    def infer(self, image: np.ndarray) -> Inference:
+        time.sleep(0.02)
+        return Inference(np.zeros(image.shape[:2], np.float32), 0.0)
+
+
+class FastCamera:
+    """A live camera that produces frames much faster than inference."""
+
+    name = "fast"
+    live = True
+
+    def __init__(self, frames: int) -> None:
+        self.left = frames
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def grab(self, timeout_s: float) -> Frame | None:
+        if self.left == 0:
+            raise EndOfStream
+        self.left -= 1
+        time.sleep(0.001)
+        return Frame(np.zeros((16, 16, 3), np.uint8), 100 - self.left, time.time(), time.monotonic())
+
+
+def test_live_camera_is_never_blocked_and_drops_are_counted() -> None:
+    publisher = FakePublisher()
+    options = LoopOptions(queue_size=2, deadline_ms=5)
+    summary = InspectionLoop(FastCamera(100), SlowRuntime(), publisher, MODEL, options).run(threading.Event())
+    assert summary.dropped > 50
+    assert summary.frames + summary.dropped == 100
+    assert summary.late > 0 and any(v.late for v in publisher.verdicts)
+
+
+class FlakyCamera(FastCamera):
+    def __init__(self) -> None:
+        super().__init__(3)
+        self.failed = False
+        self.reopened = 0
+
+    def open(self) -> None:
+        self.reopened += 1
+
+    def grab(self, timeout_s: float) -> Frame | None:
+        if not self.failed:
+            self.failed = True
+            raise CameraError("device unplugged")
+        return super().grab(timeout_s)
+
+
+def test_camera_failure_reconnects_instead_of_exiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("edge_agent.loop.RECONNECT_BACKOFF_S", (0.01,))
+    camera = FlakyCamera()
+    publisher = FakePublisher()
+    summary = InspectionLoop(camera, SlowRuntime(), publisher, MODEL, LoopOptions()).run(threading.Event())
+    assert summary.camera_errors == 1 and camera.reopened == 1
+    assert summary.frames == 3
+
+
+def test_frame_queue_blocking_mode_never_drops() -> None:
+    q: FrameQueue[int] = FrameQueue(2, drop_oldest=False)
+    got: list[int] = []
+
+    def consume() -> None:
+        while (item := q.get(1.0)) is not None:
+            got.append(item)
+            time.sleep(0.001)
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    for i in range(50):
+        q.put(i)
+    q.close()
+    consumer.join()
+    assert got == list(range(50)) and q.dropped == 0
+
+
+def test_folder_camera_skips_unreadable_files(tmp_path: Path) -> None:
+    camera = replay(tmp_path, [1, 2])
+    (tmp_path / "001a.png").write_bytes(b"garbage")
+    camera.open()
+    frames = [camera.grab(1.0), camera.grab(1.0)]
+    with pytest.raises(EndOfStream):
+        camera.grab(1.0)
+    assert [f.source for f in frames if f] == ["000.png", "001.png"]
+    assert camera.unreadable == 1
+
+
+def test_folder_camera_paces_at_fps(tmp_path: Path) -> None:
+    camera = replay(tmp_path, [1] * 6, fps=50)
+    start = time.monotonic()
+    for _ in range(6):
+        assert camera.grab(1.0) is not None
+    assert time.monotonic() - start >= 5 / 50 * 0.9
+
+
+def test_folder_camera_missing_or_empty_folder(tmp_path: Path) -> None:
+    with pytest.raises(CameraError, match="does not exist"):
+        FolderCamera("c", FolderCameraConfig(source="folder", path=tmp_path / "nope")).open()
+    with pytest.raises(CameraError, match="no images"):
+        FolderCamera("c", FolderCameraConfig(source="folder", path=tmp_path)).open()

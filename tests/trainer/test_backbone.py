@@ -1,0 +1,37 @@
+"""The shipped ImageNet weights load into our Lite0 and classify two known pictures correctly."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from trainer.backbones.efficientnet_lite import efficientnet_lite0
+
+CLASSIFIER_SIZE = 224
+EGYPTIAN_CAT = 285
+ESPRESSO = 967
+
+
+@pytest.fixture(scope="module")
+def classifier() -> torch.nn.Module:
+    return efficientnet_lite0()
+
+
+@pytest.mark.parametrize(("picture", "label"), [("chelsea", EGYPTIAN_CAT), ("coffee", ESPRESSO)])
+def test_imagenet_weights_classify_known_pictures(classifier: torch.nn.Module, picture: str, label: int) -> None:
+    image = cv2.resize(getattr(data, picture)(), (CLASSIFIER_SIZE, CLASSIFIER_SIZE), interpolation=cv2.INTER_AREA)
+    x = (torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None] - 127.0) / 128.0
+    with torch.no_grad():
+        probs = classifier(x).softmax(dim=1)[0]
+    assert int(probs.argmax()) == label
+    assert float(probs[label]) > 0.5
+
+
+def test_feature_taps_have_documented_channels_and_strides(classifier: torch.nn.Module) -> None:
+    x = torch.zeros(1, 3, 256, 256)
+    block4, block10 = classifier.features(x, (4, 10))
+    assert block4.shape == (1, 40, 32, 32)  # stride 8
+    assert block10.shape == (1, 112, 16, 16)  # stride 16

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from pipeline import Pipeline
+
+from trainer.bundle import BundleError, load_bundle
+from trainer.fit import calibrate_threshold
+
+TRAINER = [sys.executable, "-m", "trainer.cli"]
+
+
+def run_trainer(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*TRAINER, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_bundle_has_manifest_weights_and_separates_defects(pipeline: Pipeline) -> None:
+    model, manifest = load_bundle(pipeline.model)
+    assert manifest.model == "patchcore"
+    assert manifest.input.height == 128
+    assert manifest.metrics["image_auroc"] >= 0.95
+    assert manifest.threshold >= manifest.holdout_scores.max * 0.9
+    state = torch.load(pipeline.model / "weights.pt", weights_only=True)
+    assert state["memory_bank"].shape[0] == manifest.fit_summary["memory_bank"]
+    with torch.no_grad():
+        prediction = model(torch.zeros(2, 128, 128, 3, dtype=torch.uint8))
+    assert prediction.anomaly_map.shape == (2, 1, 128, 128)
+    assert prediction.score.shape == (2,)
+
+
+def test_tampered_weights_are_refused(pipeline: Pipeline, tmp_path: Path) -> None:
+    copy = tmp_path / "bundle"
+    copy.mkdir()
+    for f in pipeline.model.iterdir():
+        copy.joinpath(f.name).write_bytes(f.read_bytes())
+    with (copy / "weights.pt").open("ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(BundleError, match="sha256"):
+        load_bundle(copy)
+
+
+def test_threshold_extrapolates_small_holdouts() -> None:
+    scores = np.array([10.0, 10.5, 11.0, 10.2, 9.8])
+    assert calibrate_threshold(scores, 0.99) > scores.max()
+
+
+def test_fit_cli_skips_a_corrupt_image_and_counts_it(tmp_path: Path, pipeline: Pipeline) -> None:
+    data = tmp_path / "data"
+    (data / "good").mkdir(parents=True)
+    for i, image in enumerate(sorted((pipeline.data / "train" / "good").iterdir())[:8]):
+        (data / "good" / f"{i}.png").write_bytes(image.read_bytes())
+    (data / "good" / "broken.png").write_bytes(b"\x89PNG truncated")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("input_size: [64, 64]\nmin_memory_bank: 64\n")
+    result = run_trainer("fit", "--data", str(data), "--out", str(tmp_path / "m"), "--config", str(recipe))
+    assert result.returncode == 0, result.stderr
+    assert "skipping" in result.stderr and "broken.png" in result.stderr
+    manifest = yaml.safe_load((tmp_path / "m" / "manifest.yaml").read_text())
+    assert [Path(p).name for p in manifest["training_set"]["skipped"]] == ["broken.png"]
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("missing", "does not exist"),
+        ("empty", "no images of good parts"),
+        ("bad_recipe", "recipe key 'coreset_ratioo' is not a key"),
+        ("bad_model", "unknown model 'padim'"),
+    ],
+)
+def test_fit_cli_bad_input_is_one_clear_line(tmp_path: Path, setup: str, message: str) -> None:
+    data = tmp_path / "data"
+    args = ["fit", "--data", str(data), "--out", str(tmp_path / "m")]
+    if setup != "missing":
+        (data / "good").mkdir(parents=True)
+    if setup in ("bad_recipe", "bad_model"):
+        (data / "good" / "a.png").write_bytes(b"x")
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text("coreset_ratioo: 0.1\n")
+        args += ["--config", str(recipe)] if setup == "bad_recipe" else ["--model", "padim"]
+    result = run_trainer(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
