@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from demo.broker import Broker, run_broker
-from tests.mqtt_collector import MqttCollector
+from demo.collector import MqttCollector
 
 OUT = Path("demo-out")
 STATION = "demo"

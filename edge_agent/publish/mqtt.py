@@ -234,10 +234,11 @@ class MqttPublisher:
             log.error("MQTT broker %s:%d refused the connection: %s", self.config.host, self.config.port, reason_code)
             self._first_attempt.set()
             return
+        # Runs on paho's network thread, so the broker cannot acknowledge it before `_track` ran. Before
+        # `_connected` is set, so that a `flush` after `start` returned also waits for it.
+        self._publish(self.status_topic, ONLINE.encode(), qos=1, retain=True)
         self._connected.set()
         self._first_attempt.set()
-        # Runs on paho's network thread, so the broker cannot acknowledge it before `_track` ran.
-        self._publish(self.status_topic, ONLINE.encode(), qos=1, retain=True)
         log.info("MQTT connected to %s:%d as %s", self.config.host, self.config.port, self.client_id)
 
     def _on_connect_fail(self, client: Client, userdata: Any) -> None:

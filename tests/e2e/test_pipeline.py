@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import yaml
-from mqtt_collector import MqttCollector
 from pipeline import Pipeline
 
 from demo.broker import Broker
+from demo.collector import MqttCollector
 
 AGENT = [sys.executable, "-m", "edge_agent.cli"]
 STATION = "line1"

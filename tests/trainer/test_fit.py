@@ -11,7 +11,7 @@ import yaml
 from pipeline import Pipeline
 
 from trainer.bundle import BundleError, load_bundle
-from trainer.fit import calibrate_threshold
+from trainer.fit import calibrate_threshold, load_recipe
 
 TRAINER = [sys.executable, "-m", "trainer.cli"]
 
@@ -89,3 +89,8 @@ def test_fit_cli_bad_input_is_one_clear_line(tmp_path: Path, setup: str, message
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_shipped_recipe_is_valid() -> None:
+    recipe = load_recipe("patchcore", Path(__file__).resolve().parents[2] / "configs" / "patchcore.yaml")
+    assert recipe.taps == (4, 10)

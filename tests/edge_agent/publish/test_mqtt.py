@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from mqtt_collector import MqttCollector
 from paho.mqtt.client import Client
 from paho.mqtt.enums import CallbackAPIVersion
 
 from demo.broker import Broker, free_port, run_broker, start_amqtt, start_mosquitto
+from demo.collector import MqttCollector
 from edge_agent.config import MqttConfig
 from edge_agent.publish.fake import FakePublisher
 from edge_agent.publish.mqtt import MqttPublisher

@@ -8,6 +8,7 @@ feeds camera pixels straight in.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -98,8 +99,9 @@ class PatchCore(nn.Module):
         return Prediction(anomaly_map=amap, score=amap.amax(dim=(1, 2, 3)))
 
     @torch.no_grad()
-    def fit(self, train_images: np.ndarray, progress: Callable[[int], None] | None = None) -> dict[str, int]:
+    def fit(self, train_images: np.ndarray, progress: Callable[[int], None] | None = None) -> dict[str, float]:
         """Build the memory bank from good images (uint8 N x H x W x 3). Returns a summary for the manifest."""
+        started = time.perf_counter()
         chunks: list[np.ndarray] = []
         for start in range(0, len(train_images), self.recipe.batch_size):
             batch = torch.from_numpy(train_images[start : start + self.recipe.batch_size])
@@ -108,6 +110,7 @@ class PatchCore(nn.Module):
             if progress is not None:
                 progress(len(batch))
         features = np.concatenate(chunks)
+        extracted = time.perf_counter()
         rng = np.random.default_rng(self.recipe.seed)
         if len(features) > self.recipe.max_candidates:
             # Keeps memory and selection time bounded on large sets; the coreset size still follows the full count.
@@ -120,4 +123,10 @@ class PatchCore(nn.Module):
         bank = torch.from_numpy(np.ascontiguousarray(candidates[chosen]))
         self.memory_bank = bank
         self.bank_sq_norm = (bank * bank).sum(1)
-        return {"patches": len(features), "candidates": len(candidates), "memory_bank": len(bank)}
+        return {
+            "patches": len(features),
+            "candidates": len(candidates),
+            "memory_bank": len(bank),
+            "features_s": round(extracted - started, 2),
+            "coreset_s": round(time.perf_counter() - extracted, 2),
+        }
