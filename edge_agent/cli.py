@@ -14,9 +14,15 @@ import typer
 from edge_agent.archive import Archive
 from edge_agent.bundle import load_edge_bundle
 from edge_agent.cameras import make_camera
-from edge_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_config
+from edge_agent.config import (
+    DEFAULT_CONFIG_PATH,
+    AgentConfig,
+    CameraConfig,
+    GenicamCameraConfig,
+    load_config,
+)
 from edge_agent.console import run_cli, setup_logging
-from edge_agent.errors import AgentError
+from edge_agent.errors import AgentError, CameraUnavailable
 from edge_agent.loop import InspectionLoop, LoopOptions, ModelInfo, RunSummary
 from edge_agent.publish.mqtt import MqttPublisher
 from edge_agent.runtimes import make_runtime
@@ -25,6 +31,7 @@ from edge_agent.verdict import ERROR, OK, REJECT
 log = logging.getLogger("edge_agent")
 
 UNDELIVERED_EXIT = 1
+GRAB_TIMEOUT_S = 1.0  # the loop checks for stop at least this often
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 
@@ -58,6 +65,14 @@ def _report(name: str, summary: RunSummary, cfg: AgentConfig, archive: Archive |
         typer.echo(f"{archive.saved} reject image(s) and heatmaps archived under {archive.root}")
 
 
+def _camera_timeouts(cam_cfg: CameraConfig) -> tuple[float, float | None]:
+    """How long one grab waits, and after how long without a frame the camera counts as gone."""
+    if isinstance(cam_cfg, GenicamCameraConfig):
+        silence_is_normal = cam_cfg.trigger == "hardware"
+        return min(cam_cfg.timeout_s, GRAB_TIMEOUT_S), None if silence_is_normal else cam_cfg.timeout_s
+    return GRAB_TIMEOUT_S, None
+
+
 @app.command("run")
 def run_command(
     camera: Annotated[str, typer.Option(help="camera name from the config's cameras section")],
@@ -76,7 +91,11 @@ def run_command(
     manifest = bundle.manifest
     runtime = make_runtime(bundle, cfg.model)
     cam = make_camera(camera, cam_cfg)
-    cam.open()
+    try:
+        cam.open()
+    except CameraUnavailable as exc:
+        # A camera powered up after the PC is normal on a line: keep trying instead of exiting.
+        log.error("%s; will keep trying", exc)
     stop = threading.Event()
     _install_signal_handlers(stop)
     archive = Archive(cfg.archive.path) if cfg.archive.enabled else None
@@ -85,6 +104,7 @@ def run_command(
     model = ModelInfo(
         manifest.version, manifest.threshold, manifest.score_scale, manifest.input.height, manifest.input.width
     )
+    grab_timeout_s, frame_timeout_s = _camera_timeouts(cam_cfg)
     options = LoopOptions(
         max_frames=max_frames,
         deadline_ms=cfg.reject.deadline_ms,
@@ -92,6 +112,8 @@ def run_command(
         queue_size=cam_cfg.queue_size,
         flush_timeout_s=cfg.mqtt.flush_timeout_s,
         stats_interval_s=cfg.metrics.stats_interval_s,
+        grab_timeout_s=grab_timeout_s,
+        frame_timeout_s=frame_timeout_s,
     )
     where = f"{cfg.mqtt.host}:{cfg.mqtt.port}"
     log.info("ready: camera '%s', model %s, publishing to %s", camera, manifest.version, where)

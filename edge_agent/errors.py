@@ -9,6 +9,10 @@ class CameraError(AgentError):
     """The camera failed or disappeared."""
 
 
+class CameraUnavailable(CameraError):
+    """The camera is not there right now (unplugged, powered off, in use): worth retrying, unlike a config error."""
+
+
 class EndOfStream(Exception):
     """A replay camera has no more frames."""
 

@@ -26,7 +26,6 @@ from edge_agent.verdict import ERROR, OK, REJECT, Verdict, decide
 
 log = logging.getLogger(__name__)
 
-GRAB_TIMEOUT_S = 1.0
 QUEUE_POLL_S = 0.2
 RECONNECT_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 STAGES = ("preprocess", "infer", "publish")
@@ -51,6 +50,9 @@ class LoopOptions:
     queue_size: int = 4
     flush_timeout_s: float = 10.0
     stats_interval_s: float = 10.0
+    grab_timeout_s: float = 1.0
+    # No frame for this long means the camera is gone; None where silence is normal (hardware trigger, replay).
+    frame_timeout_s: float | None = None
 
 
 @dataclass
@@ -127,12 +129,20 @@ class InspectionLoop:
     def _acquire(self, stop: threading.Event) -> None:
         grabbed = 0
         failures = 0
+        last_frame = time.monotonic()
         try:
             while not stop.is_set():
                 if self.options.max_frames is not None and grabbed >= self.options.max_frames:
                     break
                 try:
-                    frame = self.camera.grab(GRAB_TIMEOUT_S)
+                    frame = self.camera.grab(self.options.grab_timeout_s)
+                    silent = time.monotonic() - last_frame
+                    if (
+                        frame is None
+                        and self.options.frame_timeout_s is not None
+                        and silent > self.options.frame_timeout_s
+                    ):
+                        raise CameraError(f"no frame for {silent:.1f} s")
                 except EndOfStream:
                     log.info("camera '%s' has no more frames", self.camera.name)
                     break
@@ -144,10 +154,12 @@ class InspectionLoop:
                     if stop.wait(wait):
                         break
                     self._reopen()
+                    last_frame = time.monotonic()
                     continue
                 if frame is None:
                     continue
                 failures = 0
+                last_frame = time.monotonic()
                 grabbed += 1
                 self._queue.put(frame)
         finally:

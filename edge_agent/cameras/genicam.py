@@ -20,7 +20,7 @@ from genicam.gentl import TimeoutException
 from harvesters.core import Harvester
 
 from edge_agent.config import GenicamCameraConfig
-from edge_agent.errors import CameraError
+from edge_agent.errors import CameraError, CameraUnavailable
 from edge_agent.frames import Frame
 
 logger = logging.getLogger(__name__)
@@ -142,12 +142,12 @@ def select_device(infos: list[Any], device: int | str) -> int:
     if isinstance(device, int):
         if 0 <= device < len(infos):
             return device
-        raise CameraError(f"no device with index {device}; {_describe_devices(infos)}")
+        raise CameraUnavailable(f"no device with index {device}; {_describe_devices(infos)}")
     for key in ("serial_number", "user_defined_name", "id_"):
         for index, info in enumerate(infos):
             if _info_value(info, key) == device:
                 return index
-    raise CameraError(f"no device with serial number, name or id {device!r}; {_describe_devices(infos)}")
+    raise CameraUnavailable(f"no device with serial number, name or id {device!r}; {_describe_devices(infos)}")
 
 
 class GenicamCamera:
@@ -188,26 +188,28 @@ class GenicamCamera:
             raise CameraError(f"camera {self.name}: could not load the GenTL producer {cti}: {e}") from e
         infos = list(harvester.device_info_list)
         if not infos:
-            raise CameraError(
+            raise CameraUnavailable(
                 f"camera {self.name}: the GenTL producer {cti} found no devices (connected, powered, on this network?)"
             )
         try:
             index = select_device(infos, self.config.device)
-        except CameraError as e:
-            raise CameraError(f"camera {self.name}: {e}") from None
+        except CameraUnavailable as e:
+            raise CameraUnavailable(f"camera {self.name}: {e}") from None
         info = infos[index]
         self.source = _info_value(info, "serial_number") or _info_value(info, "id_") or str(index)
         try:
             self._acquirer = harvester.create(index)
         except Exception as e:
-            raise CameraError(
+            raise CameraUnavailable(
                 f"camera {self.name}: could not open device {self.source} (in use by another program?): {e}"
             ) from e
         self._apply_trigger(self._acquirer.remote_device.node_map)
         try:
             self._acquirer.start()
         except Exception as e:
-            raise CameraError(f"camera {self.name}: could not start acquisition on device {self.source}: {e}") from e
+            raise CameraUnavailable(
+                f"camera {self.name}: could not start acquisition on device {self.source}: {e}"
+            ) from e
         self._frames = 0
         logger.info("camera %s: device %s of %s open, trigger %s", self.name, self.source, cti, self.config.trigger)
 

@@ -199,3 +199,29 @@ def test_folder_camera_missing_or_empty_folder(tmp_path: Path) -> None:
         FolderCamera("c", FolderCameraConfig(source="folder", path=tmp_path / "nope")).open()
     with pytest.raises(CameraError, match="no images"):
         FolderCamera("c", FolderCameraConfig(source="folder", path=tmp_path)).open()
+
+
+class SilentCamera(FastCamera):
+    """Open, but never delivers a frame: a camera that hung or lost its link."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.reopened = 0
+
+    def open(self) -> None:
+        self.reopened += 1
+
+    def grab(self, timeout_s: float) -> Frame | None:
+        time.sleep(timeout_s)
+        return None
+
+
+def test_no_frame_within_the_timeout_counts_as_a_camera_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("edge_agent.loop.RECONNECT_BACKOFF_S", (0.01,))
+    camera = SilentCamera()
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    options = LoopOptions(grab_timeout_s=0.02, frame_timeout_s=0.1)
+    summary = InspectionLoop(camera, SlowRuntime(), FakePublisher(), MODEL, options).run(stop)
+    assert summary.camera_errors >= 2 and camera.reopened == summary.camera_errors
+    assert summary.frames == 0
