@@ -139,6 +139,9 @@ class MqttPublisher:
             if info is not None and not self._wait_for(info.mid, self._stop_wait_s):
                 log.warning("MQTT: 'offline' status not acknowledged within %.1f s", self._stop_wait_s)
         # Without a connection there is nothing to say: the broker publishes the will once it notices.
+        # Some brokers (amqtt) close the socket first, and paho's network thread then logs "not connected" as an
+        # ERROR about the disconnect we asked for; nothing paho says from here on is news.
+        self._client.disable_logger()
         self._client.disconnect()
         self._client.loop_stop()
         left = self.pending()
