@@ -21,6 +21,7 @@ from edge_agent.frame_queue import FrameQueue
 from edge_agent.frames import Frame
 from edge_agent.preprocess import squash
 from edge_agent.publish.base import Publisher
+from edge_agent.regions import find_regions
 from edge_agent.runtimes.base import Inference, Runtime
 from edge_agent.verdict import ERROR, OK, REJECT, Verdict, decide
 
@@ -188,6 +189,10 @@ class InspectionLoop:
             log.error("frame %d from '%s' failed: %s", frame.frame_id, self.camera.name, error)
         t2 = time.monotonic()
         kind = ERROR if result is None else decide(result.score, self.model.threshold)
+        regions = []
+        if result is not None and kind == REJECT:
+            height, width = frame.image.shape[:2]
+            regions = find_regions(result.anomaly_map, self.model.threshold, height, width)
         latency_ms = (t2 - frame.captured_mono) * 1000
         verdict = Verdict(
             frame_id=frame.frame_id,
@@ -199,6 +204,7 @@ class InspectionLoop:
             model=self.model.version,
             latency_ms=round(latency_ms, 3),
             late=latency_ms > self.options.deadline_ms,
+            regions=regions,
             error=error,
             source=frame.source,
             reject_on_error=self.options.error_is_reject,

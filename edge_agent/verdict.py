@@ -24,7 +24,7 @@ class Verdict:
     latency_ms: float = 0.0
     published_at: float | None = None
     late: bool = False
-    regions: list[dict[str, int]] = field(default_factory=list)
+    regions: list[dict[str, float]] = field(default_factory=list)  # reject boxes in frame pixels
     error: str | None = None
     source: str = ""
     reject_on_error: bool = True  # config, not payload

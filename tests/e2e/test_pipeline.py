@@ -69,6 +69,7 @@ def test_replay_verdicts_reach_the_broker_and_defects_are_rejects(
     assert keys | {"model", "regions"} <= payloads[0].keys()
     decided = {p["source"]: p["verdict"] == "reject" for p in payloads}
     assert decided == truth
+    assert all(p["regions"] for p in payloads if p["verdict"] == "reject")
     assert sorted(r["frame_id"] for r in reject_payloads) == sorted(
         p["frame_id"] for p in payloads if p["verdict"] == "reject"
     )

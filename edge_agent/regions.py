@@ -1,0 +1,27 @@
+"""Where on the frame a reject is: boxes around the parts of the anomaly map at or above the threshold."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+MAX_REGIONS = 8  # the largest peaks; a PLC or MES rarely wants more, and the payload stays small
+
+
+def find_regions(
+    anomaly_map: np.ndarray, threshold: float, frame_height: int, frame_width: int
+) -> list[dict[str, float]]:
+    """Boxes in frame pixel coordinates `{x, y, w, h, peak}`, highest peak first."""
+    above = (anomaly_map >= threshold).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=8)
+    if count <= 1:
+        return []
+    sy, sx = frame_height / anomaly_map.shape[0], frame_width / anomaly_map.shape[1]
+    regions = []
+    for label in range(1, count):  # 0 is the background
+        x, y, w, h, _ = stats[label]
+        peak = float(anomaly_map[labels == label].max())
+        box = {"x": round(x * sx), "y": round(y * sy), "w": round(w * sx), "h": round(h * sy)}
+        regions.append({**box, "peak": round(peak, 4)})
+    regions.sort(key=lambda r: -r["peak"])
+    return regions[:MAX_REGIONS]
