@@ -56,11 +56,18 @@ def _validation_paths(holdout: list[str], calib: Path | None) -> list[Path]:
     return paths[:MAX_PARITY_IMAGES]
 
 
+def _check_replaceable(out: Path) -> None:
+    """Baking replaces `out`: refuse when it holds anything but an earlier edge bundle, never delete user data."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
+        raise BakeError(f"--out {out} exists and is not an edge bundle; choose a new or empty folder")
+
+
 def bake(options: BakeOptions) -> EdgeManifest:
     if options.target != "openvino":
         raise BakeError(f"target '{options.target}' is not supported yet; use --target openvino")
     if options.precision != "fp32":
         raise BakeError(f"precision '{options.precision}' is not supported yet; use --precision fp32")
+    _check_replaceable(options.out)
     model, source = load_bundle(options.bundle)
     height, width = source.input.height, source.input.width
     images = load_for_model(_validation_paths(source.training_set.holdout, options.calib), height, width).images

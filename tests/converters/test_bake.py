@@ -10,6 +10,7 @@ import pytest
 import torch
 from pipeline import Pipeline
 
+from converters.bake import BakeError, BakeOptions, bake
 from edge_agent.bundle import load_edge_bundle
 from edge_agent.errors import BundleError
 from edge_agent.imageio import list_images, read_image
@@ -70,3 +71,12 @@ def test_bake_cli_refuses_a_missing_bundle(tmp_path: Path) -> None:
     assert "is not a model bundle" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "e").exists()
+
+
+def test_bake_never_replaces_a_folder_that_is_not_an_edge_bundle(pipeline: Pipeline, tmp_path: Path) -> None:
+    precious = tmp_path / "photos"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("not a bundle")
+    with pytest.raises(BakeError, match="exists and is not an edge bundle"):
+        bake(BakeOptions(bundle=pipeline.model, out=precious))
+    assert (precious / "keep.txt").read_text() == "not a bundle"
