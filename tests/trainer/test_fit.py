@@ -27,7 +27,8 @@ def test_bundle_has_manifest_weights_and_separates_defects(pipeline: Pipeline) -
     assert manifest.metrics["image_auroc"] >= 0.95
     assert manifest.threshold >= manifest.holdout_scores.max * 0.9
     state = torch.load(pipeline.model / "weights.pt", weights_only=True)
-    assert state["memory_bank"].shape[0] == manifest.fit_summary["memory_bank"]
+    assert state["bank_codes"].dtype == torch.int8
+    assert state["bank_codes"].shape[0] == manifest.fit_summary["memory_bank"]
     with torch.no_grad():
         prediction = model(torch.zeros(2, 128, 128, 3, dtype=torch.uint8))
     assert prediction.anomaly_map.shape == (2, 1, 128, 128)

@@ -1,5 +1,6 @@
 """PatchCore (Roth et al., CVPR 2022) on EfficientNet-Lite0: locally aware patch features, a greedy coreset
-memory bank, nearest-neighbour patch scores, and a smoothed anomaly map whose maximum is the image score.
+memory bank (optionally quantized), nearest-neighbour patch scores with the paper's reweighting of the image
+score, and a smoothed anomaly map.
 
 `forward` takes the raw uint8 N x H x W x 3 image, so normalization is inside the exported graph and the agent
 feeds camera pixels straight in.
@@ -17,7 +18,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from trainer.acceleration import batched_features
 from trainer.backbones.efficientnet_lite import efficientnet_lite0
+from trainer.models.patchcore.bank import Quantization, int8_encode, pq_decode, pq_encode
 from trainer.models.patchcore.coreset import greedy_coreset
 from trainer.models.prediction import Prediction
 
@@ -25,6 +28,7 @@ from trainer.models.prediction import Prediction
 LITE_MEAN = 127.0
 LITE_STD = 128.0
 NEIGHBOURHOOD = 3
+FLOAT_BYTES = 4
 
 
 class PatchCoreRecipe(BaseModel):
@@ -39,6 +43,10 @@ class PatchCoreRecipe(BaseModel):
     min_memory_bank: int = Field(default=2048, ge=1)
     projection_dim: int = Field(default=32, ge=4)
     max_candidates: int = Field(default=400_000, ge=1000)
+    bank_quantization: Quantization = "int8"
+    pq_subvector_dim: int = Field(default=4, ge=1)
+    # b of the paper's image-score reweighting (its nearest bank entry's neighbourhood); 0 turns it off.
+    reweight_neighbours: int = Field(default=9, ge=0)
     blur_sigma: float = Field(default=4.0, ge=0)
     batch_size: int = Field(default=16, ge=1)
     seed: int = 0
@@ -51,9 +59,17 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
     return k / k.sum()
 
 
+def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise squared L2 as a matmul (export-safe, unlike cdist), clamped at 0 against rounding."""
+    return ((a * a).sum(-1, keepdim=True) - 2 * a @ b.transpose(-1, -2) + (b * b).sum(-1).unsqueeze(-2)).clamp_min(0)
+
+
 class PatchCore(nn.Module):
-    memory_bank: torch.Tensor
-    bank_sq_norm: torch.Tensor
+    bank_float: torch.Tensor
+    bank_codes: torch.Tensor
+    bank_scale: torch.Tensor
+    bank_codebooks: torch.Tensor
+    bank_neighbours: torch.Tensor
     blur_kernel: torch.Tensor
 
     def __init__(self, recipe: PatchCoreRecipe) -> None:
@@ -61,13 +77,38 @@ class PatchCore(nn.Module):
         self.recipe = recipe
         self.backbone = efficientnet_lite0()
         self.backbone.requires_grad_(False)
-        dim = sum(self.backbone.block_channels[t] for t in recipe.taps)
-        self.register_buffer("memory_bank", torch.zeros(0, dim))
-        self.register_buffer("bank_sq_norm", torch.zeros(0))
+        self.feature_dim = sum(self.backbone.block_channels[t] for t in recipe.taps)
+        # Only the buffers of the chosen quantization exist, so the weights file holds just the codes.
+        if recipe.bank_quantization == "none":
+            self.register_buffer("bank_float", torch.zeros(0, self.feature_dim))
+        elif recipe.bank_quantization == "int8":
+            self.register_buffer("bank_codes", torch.zeros(0, self.feature_dim, dtype=torch.int8))
+            self.register_buffer("bank_scale", torch.ones(self.feature_dim))
+        else:
+            subspaces = self.feature_dim // recipe.pq_subvector_dim
+            self.register_buffer("bank_codes", torch.zeros(0, subspaces, dtype=torch.uint8))
+            self.register_buffer("bank_codebooks", torch.zeros(subspaces, 0, recipe.pq_subvector_dim))
+        self.register_buffer("bank_neighbours", torch.zeros(0, recipe.reweight_neighbours, dtype=torch.int64))
         kernel = gaussian_kernel(recipe.blur_sigma) if recipe.blur_sigma > 0 else torch.ones(1)
         self.register_buffer("blur_kernel", kernel)
         self.blur_radius = kernel.numel() // 2
         self.eval()
+
+    def memory_bank(self) -> torch.Tensor:
+        """The bank as float N x D, decoded from its stored form."""
+        q = self.recipe.bank_quantization
+        if q == "none":
+            return self.bank_float
+        if q == "int8":
+            return self.bank_codes.float() * self.bank_scale
+        return pq_decode(self.bank_codebooks, self.bank_codes)
+
+    def bank_bytes(self) -> int:
+        """Bytes of the stored bank (codes plus scales or codebooks), as the weights file and baked graph hold it."""
+        names = {"none": ("bank_float",), "int8": ("bank_codes", "bank_scale"), "pq": ("bank_codes", "bank_codebooks")}
+        return sum(
+            getattr(self, n).numel() * getattr(self, n).element_size() for n in names[self.recipe.bank_quantization]
+        )
 
     def embed(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 N x H x W x 3 -> locally aware patch features N x D x h x w at the first tap's stride."""
@@ -86,47 +127,74 @@ class PatchCore(nn.Module):
         amap = F.conv2d(amap, k.view(1, 1, 1, -1))
         return F.conv2d(amap, k.view(1, 1, -1, 1))
 
+    def _reweight(self, patches: torch.Tensor, nearest_sq: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+        """Paper eq. 7: weight in [1 - 1/b, 1) of each image's most anomalous patch. It is close to 1 when that
+        patch's nearest bank entry sits in a sparse region of the bank, so rare-but-normal patches count less."""
+        n, per_image = nearest_sq.shape
+        worst = nearest_sq.argmax(dim=1)  # most anomalous patch per image
+        rows = torch.arange(n) * per_image + worst
+        to_bank = squared_distances(patches[rows], bank)  # n x N, from each image's worst patch
+        support = self.bank_neighbours[to_bank.argmin(dim=1)]  # n x b, its nearest entry first
+        # Gathering distances, not bank rows: OpenVINO mis-gathers rows of a per-column-scaled int8 constant.
+        dist = to_bank.gather(1, support).sqrt()
+        return 1 - torch.softmax(dist, dim=1)[:, 0]
+
     def forward(self, image: torch.Tensor) -> Prediction:
         feats = self.embed(image)
         n, d, h, w = feats.shape
         patches = feats.permute(0, 2, 3, 1).reshape(-1, d)
-        # Squared distances as a matmul (export-safe, unlike cdist).
-        sq = (patches * patches).sum(1, keepdim=True) - 2 * patches @ self.memory_bank.T + self.bank_sq_norm
-        nearest = sq.min(dim=1).values.clamp_min(0).sqrt()
-        amap = nearest.reshape(n, 1, h, w)
+        bank = self.memory_bank()
+        nearest_sq = squared_distances(patches, bank).min(dim=1).values
+        amap = nearest_sq.sqrt().reshape(n, 1, h, w)
         amap = F.interpolate(amap, size=tuple(image.shape[1:3]), mode="bilinear", align_corners=False)
         amap = self._blur(amap)
-        return Prediction(anomaly_map=amap, score=amap.amax(dim=(1, 2, 3)))
+        score = amap.amax(dim=(1, 2, 3))
+        if self.recipe.reweight_neighbours > 0:
+            score = score * self._reweight(patches, nearest_sq.reshape(n, h * w), bank)
+        return Prediction(anomaly_map=amap, score=score)
 
     @torch.no_grad()
     def fit(self, train_images: np.ndarray, progress: Callable[[int], None] | None = None) -> dict[str, float]:
         """Build the memory bank from good images (uint8 N x H x W x 3). Returns a summary for the manifest."""
         started = time.perf_counter()
-        chunks: list[np.ndarray] = []
-        for start in range(0, len(train_images), self.recipe.batch_size):
-            batch = torch.from_numpy(train_images[start : start + self.recipe.batch_size])
-            feats = self.embed(batch)
-            chunks.append(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).numpy())
-            if progress is not None:
-                progress(len(batch))
-        features = np.concatenate(chunks)
+        chunks = batched_features(self.embed, train_images, self.recipe.batch_size, progress)
+        features = np.concatenate([c.transpose(0, 2, 3, 1).reshape(-1, self.feature_dim) for c in chunks])
+        del chunks
         extracted = time.perf_counter()
         rng = np.random.default_rng(self.recipe.seed)
         if len(features) > self.recipe.max_candidates:
             # Keeps memory and selection time bounded on large sets; the coreset size still follows the full count.
-            keep = rng.choice(len(features), self.recipe.max_candidates, replace=False)
-            candidates = features[keep]
+            candidates = features[rng.choice(len(features), self.recipe.max_candidates, replace=False)]
         else:
             candidates = features
         k = max(self.recipe.min_memory_bank, round(len(features) * self.recipe.coreset_ratio))
         chosen = greedy_coreset(candidates, k, self.recipe.projection_dim, self.recipe.seed)
-        bank = torch.from_numpy(np.ascontiguousarray(candidates[chosen]))
-        self.memory_bank = bank
-        self.bank_sq_norm = (bank * bank).sum(1)
+        bank = np.ascontiguousarray(candidates[chosen], dtype=np.float32)
+        selected = time.perf_counter()
+        self._store_bank(bank)
         return {
             "patches": len(features),
             "candidates": len(candidates),
             "memory_bank": len(bank),
+            "bank_bytes": self.bank_bytes(),
+            "bank_float_bytes": bank.size * FLOAT_BYTES,
             "features_s": round(extracted - started, 2),
-            "coreset_s": round(time.perf_counter() - extracted, 2),
+            "coreset_s": round(selected - extracted, 2),
+            "quantize_s": round(time.perf_counter() - selected, 2),
         }
+
+    def _store_bank(self, bank: np.ndarray) -> None:
+        q = self.recipe.bank_quantization
+        if q == "none":
+            self.bank_float = torch.from_numpy(bank)
+        elif q == "int8":
+            codes, scale = int8_encode(bank)
+            self.bank_codes, self.bank_scale = torch.from_numpy(codes), torch.from_numpy(scale)
+        else:
+            codebooks, codes = pq_encode(bank, self.recipe.pq_subvector_dim, self.recipe.seed)
+            self.bank_codebooks, self.bank_codes = torch.from_numpy(codebooks), torch.from_numpy(codes)
+        b = self.recipe.reweight_neighbours
+        decoded = self.memory_bank()
+        # Each entry's b nearest entries (itself first), measured on the bank as scoring will see it.
+        order = squared_distances(decoded, decoded).topk(min(b, len(decoded)), largest=False).indices
+        self.bank_neighbours = order

@@ -1,0 +1,69 @@
+"""Runs a frozen torch feature extractor over many images fast: through OpenVINO on the CPU, where it is several
+times quicker than torch eager for these small convolutional backbones, with torch as the fallback."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# f32 on purpose: OpenVINO would pick bf16 on CPUs that have it, and the memory bank must match torch's features.
+OPENVINO_CONFIG = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+# Converting and compiling costs a few seconds: below this many images torch eager is done first.
+MIN_IMAGES_FOR_OPENVINO = 48
+
+
+class _Embed(nn.Module):
+    def __init__(self, embed: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.embed = embed
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.embed(image)
+
+
+def batched_features(
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    images: np.ndarray,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> list[np.ndarray]:
+    """`embed` (uint8 N x H x W x 3 -> float N x D x h x w) over `images`, one array per batch."""
+    run = _openvino_runner(embed, images[:batch_size]) if len(images) >= MIN_IMAGES_FOR_OPENVINO else None
+    out: list[np.ndarray] = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            out.append(run(batch) if run is not None else embed(torch.from_numpy(batch)).numpy())
+            if progress is not None:
+                progress(len(batch))
+    return out
+
+
+def _openvino_runner(
+    embed: Callable[[torch.Tensor], torch.Tensor], example: np.ndarray
+) -> Callable[[np.ndarray], np.ndarray] | None:
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    try:
+        with torch.no_grad():
+            model = ov.convert_model(
+                _Embed(embed), example_input=torch.from_numpy(example), input=[((-1, *example.shape[1:]), ov.Type.u8)]
+            )
+        compiled = ov.Core().compile_model(model, "CPU", OPENVINO_CONFIG)
+    except Exception as exc:  # an exporter gap must cost speed, never the fit
+        log.warning("feature extraction falls back to torch (OpenVINO could not compile it: %s)", exc)
+        return None
+    request = compiled.create_infer_request()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return np.array(request.infer({0: batch})[0])
+
+    return run
