@@ -11,7 +11,9 @@ from edge_agent.console import run_cli, setup_logging
 from trainer.bundle import BundleError
 from trainer.data.layouts import DataError
 from trainer.data.synthetic import SyntheticSpec, generate
+from trainer.evaluate import evaluate, write_report
 from trainer.fit import FitOptions, RecipeError, fit
+from trainer.report import summary_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 
@@ -53,6 +55,24 @@ def synth_command(
     """
     generate(out, SyntheticSpec(size, train_good, test_good, defects_per_type, seed))
     typer.echo(f"wrote synthetic data set to {out}")
+
+
+@app.command("eval")
+def eval_command(
+    model: Annotated[Path, typer.Option(help="model bundle folder written by `trainer fit`")],
+    data: Annotated[Path, typer.Option(help="MVTec AD category folder, or a folder layout with good/ and defects")],
+    report: Annotated[Path, typer.Option(help="folder for metrics.json, roc.png, histogram.png, grid.png")],
+    category: Annotated[str | None, typer.Option(help="category, when --data holds several")] = None,
+) -> None:
+    """Score labelled test images with a model bundle; write metrics, ROC and histogram plots, heatmap samples.
+
+    Example: trainer eval --model models/press2 --data datasets/press2 --report report/press2
+    """
+    setup_logging()
+    result = evaluate(model, data, category)
+    write_report(result, report)
+    typer.echo(summary_table(result))
+    typer.echo(f"wrote report to {report}")
 
 
 def main() -> None:

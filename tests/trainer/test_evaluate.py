@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+from pipeline import Pipeline
+
+from trainer.bundle import read_manifest
+from trainer.data.layouts import DataError, discover
+from trainer.evaluate import _test_samples, evaluate, write_report
+from trainer.report import summary_table
+
+TRAINER = [sys.executable, "-m", "trainer.cli"]
+DEFECT_TYPES = ("crack", "scratch", "spot")
+
+
+def run_trainer(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*TRAINER, *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def cli_eval(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    report = tmp_path_factory.mktemp("eval") / "report"
+    result = run_trainer("eval", "--model", str(pipeline.model), "--data", str(pipeline.data), "--report", str(report))
+    assert result.returncode == 0, result.stderr
+    return result.stdout, report
+
+
+def copy_images(source: Path, target: Path) -> None:
+    target.mkdir(parents=True)
+    for image in sorted(source.glob("*.png")):
+        shutil.copy(image, target / image.name)
+
+
+def test_cli_eval_writes_the_report_folder(cli_eval: tuple[str, Path]) -> None:
+    _, report = cli_eval
+    for name in ("metrics.json", "roc.png", "histogram.png", "grid.png"):
+        assert (report / name).is_file(), name
+    grid = cv2.imread(str(report / "grid.png"))
+    assert grid is not None and grid.shape[1] > grid.shape[0]  # two rows of up to eight tiles
+
+
+def test_metrics_json_has_image_pixel_threshold_and_per_type_metrics(cli_eval: tuple[str, Path]) -> None:
+    metrics = json.loads((cli_eval[1] / "metrics.json").read_text())
+    assert metrics["image_auroc"] >= 0.9
+    assert 0.5 < metrics["pixel_auroc"] <= 1.0
+    assert 0.0 < metrics["aupro"] <= 1.0
+    assert metrics["counts"] | {"good": 6, "defect": 9, "pixel_images": 15, "skipped": 0} == metrics["counts"]
+    assert metrics["at_threshold"]["goods"] == 6 and metrics["at_threshold"]["defects"] == 9
+    assert sorted(metrics["per_type"]) == list(DEFECT_TYPES)
+    assert all(t["count"] == 3 and t["aupro"] is not None for t in metrics["per_type"].values())
+    assert metrics["roc"]["thresholds"][0] is None  # +inf, written as null
+    assert len(metrics["images"]) == 15
+
+
+def test_cli_eval_prints_an_aligned_summary(cli_eval: tuple[str, Path]) -> None:
+    stdout, _ = cli_eval
+    rows = {line.split()[0]: line for line in stdout.splitlines() if line}
+    assert {"set", "overall", *DEFECT_TYPES} <= rows.keys()
+    assert len({len(rows[name]) for name in ("set", "overall", *DEFECT_TYPES)}) == 1
+
+
+def test_goods_only_data_reports_false_rejects_not_auroc(pipeline: Pipeline, tmp_path: Path) -> None:
+    data = tmp_path / "goods_only"
+    copy_images(pipeline.data / "train" / "good", data / "train" / "good")
+    copy_images(pipeline.data / "test" / "good", data / "test" / "good")
+    result = evaluate(pipeline.model, data, None)
+    assert result.image_auroc is None and result.pixel is None and result.per_type == []
+    assert result.at_threshold.goods == 6 and result.at_threshold.false_reject_rate is not None
+    assert any("needs labelled defective" in note for note in result.notes)
+    written = {p.name for p in write_report(result, tmp_path / "report")}
+    assert written == {"metrics.json", "histogram.png", "grid.png"}
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["image_auroc"] is None and metrics["score_stats"]["good"]["count"] == 6
+    assert "note: image AUROC needs" in summary_table(result)
+
+
+def test_folder_layout_without_masks_skips_corrupt_images(pipeline: Pipeline, tmp_path: Path) -> None:
+    data = tmp_path / "folder"
+    copy_images(pipeline.data / "test" / "good", data / "good")
+    copy_images(pipeline.data / "test" / "scratch", data / "scratch")
+    (data / "scratch" / "broken.png").write_bytes(b"\x89PNG truncated")
+    result = evaluate(pipeline.model, data, None)
+    assert [p.name for p in result.skipped] == ["broken.png"]
+    assert len(result.unmasked) == 3 and result.pixel is None
+    assert result.image_auroc is not None and result.image_auroc >= 0.9
+    assert [t.label for t in result.per_type] == ["scratch"] and result.per_type[0].pixel is None
+    assert result.seen_in_training == 0  # the bundle was fitted on another folder
+
+
+def test_folder_layout_leaves_out_goods_the_bundle_was_fitted_on(pipeline: Pipeline, tmp_path: Path) -> None:
+    data = tmp_path / "fitted_here"
+    copy_images(pipeline.data / "test" / "good", data / "good")
+    holdout = sorted((data / "good").iterdir())[0].resolve()
+    manifest = read_manifest(pipeline.model)
+    training_set = manifest.training_set.model_copy(update={"root": str(data.resolve()), "holdout": [str(holdout)]})
+    manifest = manifest.model_copy(update={"training_set": training_set})
+    samples, seen = _test_samples(discover(data), manifest, data)
+    assert [s.path.resolve() for s in samples] == [holdout]
+    assert seen == 5
+
+
+def test_missing_data_folder_is_a_data_error(pipeline: Pipeline, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        evaluate(pipeline.model, tmp_path / "nowhere", None)
+
+
+def test_cli_eval_missing_bundle_is_one_clear_line(tmp_path: Path, pipeline: Pipeline) -> None:
+    result = run_trainer(
+        "eval", "--model", str(tmp_path / "nope"), "--data", str(pipeline.data), "--report", str(tmp_path / "r")
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "not a model bundle" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "r").exists()
