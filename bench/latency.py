@@ -18,8 +18,8 @@ import torch
 
 from converters.bake import BakeOptions, bake
 from edge_agent.bundle import load_edge_bundle
+from edge_agent.geometry import prepare
 from edge_agent.imageio import list_images, read_image
-from edge_agent.preprocess import squash
 from edge_agent.runtimes.openvino import OpenVinoRuntime
 from trainer.bundle import load_bundle
 from trainer.data.synthetic import SyntheticSpec, generate
@@ -45,7 +45,8 @@ def main() -> None:
         model, manifest = load_bundle(root / "model")
         runtime = OpenVinoRuntime.from_bundle(load_edge_bundle(root / "edge"))
         paths = sorted(p for kind in (data / "test").iterdir() for p in list_images(kind))
-        frames = [squash(read_image(p), manifest.input.height, manifest.input.width) for p in paths]
+        # Squash geometry: one model input per frame, so this times exactly one graph run per frame.
+        frames = [prepare(read_image(p), manifest.geometry).inputs[0] for p in paths]
         timings: dict[str, list[float]] = {"torch eager fp32": [], "OpenVINO fp32 (agent runtime)": []}
         with torch.no_grad():
             for i in range(WARMUP + args.frames):

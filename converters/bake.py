@@ -17,12 +17,13 @@ from tqdm import tqdm
 from converters.openvino import OUTPUT_NAMES, export_openvino
 from converters.parity import parity_report
 from edge_agent.bundle import EDGE_FORMAT_VERSION, MANIFEST, EdgeManifest, Parity
+from edge_agent.geometry import combine, prepare
 from edge_agent.hashing import sha256_file
 from edge_agent.imageio import list_images
 from edge_agent.runtimes.openvino import MODEL_BIN, MODEL_XML, OpenVinoRuntime
 from trainer.bundle import MANIFEST as MODEL_MANIFEST
-from trainer.bundle import load_bundle
-from trainer.data.images import load_for_model
+from trainer.bundle import ModelManifest, load_bundle
+from trainer.predict import predict, read_frames
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,8 @@ def bake(options: BakeOptions) -> EdgeManifest:
     _check_replaceable(options.out)
     model, source = load_bundle(options.bundle)
     height, width = source.input.height, source.input.width
-    images = load_for_model(_validation_paths(source.training_set.holdout, options.calib), height, width).images
-    if len(images) == 0:
+    frames, _, _ = read_frames(_validation_paths(source.training_set.holdout, options.calib))
+    if not frames:
         raise BakeError("none of the validation images could be read")
 
     # Write into a temporary folder first, so a failed bake never leaves a half-written bundle behind.
@@ -88,6 +89,7 @@ def bake(options: BakeOptions) -> EdgeManifest:
             "target": options.target,
             "precision": options.precision,
             "input": {"height": height, "width": width},
+            "geometry": source.geometry.model_dump(mode="json"),
             "outputs": list(OUTPUT_NAMES),
             "threshold": source.threshold,
             "score_scale": source.threshold,
@@ -95,7 +97,7 @@ def bake(options: BakeOptions) -> EdgeManifest:
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "files": {name: sha256_file(staging / name) for name in (MODEL_XML, MODEL_BIN)},
         }
-        parity = _parity(model, staging / MODEL_XML, options.precision, images, source.threshold)
+        parity = _parity(model, staging / MODEL_XML, options.precision, frames, source)
         manifest["parity"] = parity.model_dump()
         typed = EdgeManifest.model_validate(manifest)
         (staging / MANIFEST).write_text(yaml.safe_dump(typed.model_dump(mode="json"), sort_keys=False))
@@ -107,16 +109,23 @@ def bake(options: BakeOptions) -> EdgeManifest:
     return typed
 
 
-def _parity(model: torch.nn.Module, xml: Path, precision: str, images: np.ndarray, threshold: float) -> Parity:
-    """Torch against the baked graph, run through the agent's own runtime class."""
+def _parity(
+    model: torch.nn.Module, xml: Path, precision: str, frames: list[np.ndarray], source: ModelManifest
+) -> Parity:
+    """Torch against the baked graph run through the agent's own runtime class, per whole image."""
     runtime = OpenVinoRuntime(xml, precision)
-    ref_scores, scores, ref_maps, maps = [], [], [], []
-    with torch.no_grad():
-        for image in tqdm(images, desc="parity check", unit="img"):
-            ref = model(torch.from_numpy(image[np.newaxis]))
-            baked = runtime.infer(image)
-            ref_scores.append(float(ref.score[0]))
-            ref_maps.append(ref.anomaly_map[0, 0].numpy())
-            scores.append(baked.score)
-            maps.append(baked.anomaly_map)
-    return parity_report(np.array(ref_scores), np.array(scores), np.stack(ref_maps), np.stack(maps), threshold)
+    geometry = source.geometry
+    reference = predict(model, frames, geometry)
+    baked = []
+    for frame in tqdm(frames, desc="parity check", unit="img"):
+        prepared = prepare(frame, geometry)
+        outputs = [runtime.infer(x) for x in prepared.inputs]
+        maps, scores = [o.anomaly_map for o in outputs], [o.score for o in outputs]
+        baked.append(combine(prepared, maps, scores, geometry.mode))
+    return parity_report(
+        np.array([r.score for r in reference]),
+        np.array([b.score for b in baked]),
+        np.concatenate([r.anomaly_map.ravel() for r in reference]),
+        np.concatenate([b.anomaly_map.ravel() for b in baked]),
+        source.threshold,
+    )

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edge_agent.errors import BundleError
+from edge_agent.geometry import Geometry
 from edge_agent.hashing import sha256_file
 
 EDGE_FORMAT_VERSION = 1
@@ -27,12 +28,11 @@ class EdgeInput(Strict):
     channels: int = 3
     dtype: Literal["uint8"] = "uint8"
     layout: Literal["NHWC"] = "NHWC"
-    resize: Literal["squash"] = "squash"
     normalization: Literal["in_graph"] = "in_graph"
 
 
 class Parity(Strict):
-    """Baked model against torch on the validation images."""
+    """Baked model against torch on the validation images, per whole image (after the geometry's combine)."""
 
     images: int
     score_abs_diff_max: float
@@ -51,6 +51,7 @@ class EdgeManifest(Strict):
     target: Literal["openvino"]
     precision: Literal["fp32", "fp16", "int8"]
     input: EdgeInput
+    geometry: Geometry  # how frames become inputs and outputs become one map and score
     outputs: tuple[str, ...] = ("anomaly_map", "score")
     threshold: float
     score_scale: float  # score / score_scale == 1.0 at the threshold

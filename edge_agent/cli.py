@@ -101,9 +101,7 @@ def run_command(
     archive = Archive(cfg.archive.path) if cfg.archive.enabled else None
     publisher = MqttPublisher(cfg.mqtt, cfg.station, manifest.version)
     publisher.start()
-    model = ModelInfo(
-        manifest.version, manifest.threshold, manifest.score_scale, manifest.input.height, manifest.input.width
-    )
+    model = ModelInfo(manifest.version, manifest.threshold, manifest.score_scale, manifest.geometry)
     grab_timeout_s, frame_timeout_s = _camera_timeouts(cam_cfg)
     options = LoopOptions(
         max_frames=max_frames,

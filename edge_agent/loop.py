@@ -12,17 +12,15 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from edge_agent.archive import Archive, ArchiveItem
 from edge_agent.cameras.base import Camera
 from edge_agent.errors import CameraError, EndOfStream
 from edge_agent.frame_queue import FrameQueue
 from edge_agent.frames import Frame
-from edge_agent.preprocess import squash
+from edge_agent.geometry import Combined, Geometry, combine, prepare
 from edge_agent.publish.base import Publisher
 from edge_agent.regions import find_regions
-from edge_agent.runtimes.base import Inference, Runtime
+from edge_agent.runtimes.base import Runtime
 from edge_agent.verdict import ERROR, OK, REJECT, Verdict, decide
 
 log = logging.getLogger(__name__)
@@ -39,8 +37,7 @@ class ModelInfo:
     version: str
     threshold: float
     score_scale: float
-    height: int
-    width: int
+    geometry: Geometry
 
 
 @dataclass(frozen=True)
@@ -176,14 +173,16 @@ class InspectionLoop:
 
     def _inspect(self, frame: Frame) -> None:
         t0 = time.monotonic()
-        image: np.ndarray | None = None
-        result: Inference | None = None
+        result: Combined | None = None
         error: str | None = None
         t1 = t0
+        geometry = self.model.geometry
         try:
-            image = squash(frame.image, self.model.height, self.model.width)
+            prepared = prepare(frame.image, geometry)
             t1 = time.monotonic()
-            result = self.runtime.infer(image)
+            outputs = [self.runtime.infer(x) for x in prepared.inputs]
+            maps, scores = [o.anomaly_map for o in outputs], [o.score for o in outputs]
+            result = combine(prepared, maps, scores, geometry.mode)
         except Exception as exc:  # any failure on one frame must become a fail-safe verdict, not a crash
             error = f"{type(exc).__name__}: {exc}"
             log.error("frame %d from '%s' failed: %s", frame.frame_id, self.camera.name, error)
@@ -191,8 +190,7 @@ class InspectionLoop:
         kind = ERROR if result is None else decide(result.score, self.model.threshold)
         regions = []
         if result is not None and kind == REJECT:
-            height, width = frame.image.shape[:2]
-            regions = find_regions(result.anomaly_map, self.model.threshold, height, width)
+            regions = find_regions(result.anomaly_map, self.model.threshold, result.frame_scale)
         latency_ms = (t2 - frame.captured_mono) * 1000
         verdict = Verdict(
             frame_id=frame.frame_id,
@@ -212,9 +210,10 @@ class InspectionLoop:
         self.publisher.publish(verdict)
         t3 = time.monotonic()
         self._count(verdict, {"preprocess": t1 - t0, "infer": t2 - t1, "publish": t3 - t2})
-        if verdict.is_reject and self.archive is not None and image is not None:
+        if verdict.is_reject and self.archive is not None:
+            view = frame.image if result is None else result.view
             anomaly_map = None if result is None else result.anomaly_map
-            self.archive.submit(ArchiveItem(verdict, image, anomaly_map, self.model.score_scale))
+            self.archive.submit(ArchiveItem(verdict, view, anomaly_map, self.model.score_scale))
 
     def _count(self, verdict: Verdict, seconds: dict[str, float]) -> None:
         s = self.summary

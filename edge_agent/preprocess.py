@@ -1,5 +1,4 @@
-"""Frame -> model input. The one definition of this mapping: the trainer, the converter's parity check
-and the agent all call it, so a frame is seen identically everywhere."""
+"""Any camera or file pixel format -> the 8-bit RGB the models take (geometry.py then sizes it)."""
 
 from __future__ import annotations
 
@@ -22,11 +21,3 @@ def to_uint8_rgb(image: np.ndarray) -> np.ndarray:
     if image.shape[2] == 4:
         return np.ascontiguousarray(image[:, :, :3])
     return image
-
-
-def squash(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize both axes to the model input; INTER_AREA because frames are mostly shrunk."""
-    rgb = to_uint8_rgb(image)
-    if rgb.shape[:2] == (height, width):
-        return np.ascontiguousarray(rgb)
-    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)

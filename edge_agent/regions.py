@@ -8,15 +8,14 @@ import numpy as np
 MAX_REGIONS = 8  # the largest peaks; a PLC or MES rarely wants more, and the payload stays small
 
 
-def find_regions(
-    anomaly_map: np.ndarray, threshold: float, frame_height: int, frame_width: int
-) -> list[dict[str, float]]:
-    """Boxes in frame pixel coordinates `{x, y, w, h, peak}`, highest peak first."""
+def find_regions(anomaly_map: np.ndarray, threshold: float, frame_scale: tuple[float, float]) -> list[dict[str, float]]:
+    """Boxes in frame pixel coordinates `{x, y, w, h, peak}`, highest peak first; `frame_scale` is frame pixels per
+    map pixel along (y, x)."""
     above = (anomaly_map >= threshold).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=8)
     if count <= 1:
         return []
-    sy, sx = frame_height / anomaly_map.shape[0], frame_width / anomaly_map.shape[1]
+    sy, sx = frame_scale
     regions = []
     for label in range(1, count):  # 0 is the background
         x, y, w, h, _ = stats[label]

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
+from edge_agent.geometry import Geometry
 from edge_agent.hashing import sha256_file
 from trainer.models import REGISTRY
 
@@ -30,7 +31,6 @@ class InputSpec(BaseModel):
     channels: int = 3
     dtype: str = "uint8"
     layout: str = "NHWC"
-    resize: str = "squash"
 
 
 class ScoreStats(BaseModel):
@@ -60,11 +60,13 @@ class ModelManifest(BaseModel):
     backbone: str
     recipe: dict[str, Any]
     input: InputSpec
+    geometry: Geometry
     normalization: dict[str, Any]
     training_set: TrainingSet
     fit_summary: dict[str, Any]
     holdout_scores: ScoreStats
     threshold: float
+    threshold_method: str
     threshold_quantile: float
     metrics: dict[str, float]
     created_at: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,12 @@ from trainer.evaluate import evaluate, write_report
 from trainer.fit import FitOptions, RecipeError, fit
 from trainer.report import summary_table
 
+
+class ThresholdMethod(str, Enum):
+    quantile = "quantile"
+    f1 = "f1"
+
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 
 
@@ -27,6 +34,9 @@ def fit_command(
     category: Annotated[str | None, typer.Option(help="category, when --data holds several")] = None,
     holdout: Annotated[float, typer.Option(min=0.05, max=0.5, help="share of good images held out")] = 0.2,
     threshold_quantile: Annotated[float, typer.Option(min=0.5, max=1.0, help="quantile of held-out scores")] = 0.99,
+    threshold: Annotated[
+        ThresholdMethod, typer.Option(help="quantile of held-out goods, or F1-optimal on labelled test images")
+    ] = ThresholdMethod.quantile,
     seed: Annotated[int, typer.Option(help="seed of the hold-out split")] = 0,
 ) -> None:
     """Learn from good images and write a model bundle.
@@ -34,7 +44,18 @@ def fit_command(
     Example: trainer fit --data datasets/press2 --model patchcore --out models/press2
     """
     setup_logging()
-    manifest = fit(FitOptions(data, model, out, config, category, holdout, threshold_quantile, seed))
+    options = FitOptions(
+        data=data,
+        model=model,
+        out=out,
+        recipe=config,
+        category=category,
+        holdout=holdout,
+        threshold_quantile=threshold_quantile,
+        threshold=threshold.value,
+        seed=seed,
+    )
+    manifest = fit(options)
     typer.echo(f"wrote {out}: {manifest.model}, threshold {manifest.threshold:.4g}, {manifest.fit_summary}")
     for name, value in manifest.metrics.items():
         typer.echo(f"  {name}: {value:.4f}")

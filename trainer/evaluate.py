@@ -15,15 +15,13 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from trainer import metrics
-from trainer.bundle import BundleError, InputSpec, ModelManifest, load_bundle
-from trainer.data.images import LoadedImages, load_for_model
+from trainer.bundle import InputSpec, ModelManifest, load_bundle
 from trainer.data.layouts import GOOD, DataError, Dataset, Sample, discover
+from trainer.predict import on_grid, predict, read_frames
 from trainer.report import write_report
 
 __all__ = ["EvalResult", "evaluate", "write_report"]
@@ -33,7 +31,6 @@ log = logging.getLogger(__name__)
 EVAL_BATCH = 16
 # Tiles in the report grid: the goods closest to a false reject, the defects closest to an escape.
 GRID_PER_ROW = 8
-SUPPORTED_RESIZE = "squash"
 NEEDS_DEFECTS = (
     "image AUROC needs labelled defective test images; only the goods' scores and false-reject rate are reported"
 )
@@ -41,26 +38,38 @@ NEEDS_GOODS = "image AUROC needs good test images; only the defects' scores and 
 NEEDS_MASKS = "pixel AUROC and AUPRO need ground-truth masks of defective images"
 
 
-# --- input geometry: the only two places that know how a file maps onto the model's input grid ---------------
+# --- input geometry: frames go through the bundle's geometry (as in the agent); maps and masks meet on a grid ---
 
 
-def images_to_input(paths: Sequence[Path], spec: InputSpec) -> LoadedImages:
-    """Test image files -> model input (uint8 N x H x W x 3); unreadable files come back in `skipped`."""
-    _check_geometry(spec)
-    return load_for_model(paths, spec.height, spec.width)
+@dataclass(frozen=True)
+class _Predicted:
+    paths: list[Path]
+    skipped: list[Path]
+    scores: np.ndarray  # N
+    views: np.ndarray  # N x H x W x 3 uint8, each frame as the model saw it, on the eval grid
+    maps: np.ndarray  # N x H x W float32, on the eval grid
+
+
+def _predict_paths(model: nn.Module, paths: Sequence[Path], manifest: ModelManifest) -> _Predicted:
+    """Scores and grid maps of image files; unreadable files come back in `skipped`."""
+    frames, kept, skipped = read_frames(paths)
+    combined = predict(model, frames, manifest.geometry)
+    on = [on_grid(c, manifest.input.height, manifest.input.width) for c in combined]
+    h, w = manifest.input.height, manifest.input.width
+    return _Predicted(
+        kept,
+        skipped,
+        np.array([c.score for c in combined], dtype=np.float32),
+        np.stack([v for v, _ in on]) if on else np.zeros((0, h, w, 3), np.uint8),
+        np.stack([m for _, m in on]) if on else np.zeros((0, h, w), np.float32),
+    )
 
 
 def mask_to_grid(mask: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """A ground-truth mask as stored -> boolean H x W on the model input grid (nearest keeps it binary)."""
-    _check_geometry(spec)
+    """A ground-truth mask as stored -> boolean H x W on the eval grid (nearest keeps it binary)."""
     if mask.shape[:2] != (spec.height, spec.width):
         mask = cv2.resize(mask, (spec.width, spec.height), interpolation=cv2.INTER_NEAREST)
     return mask > 0
-
-
-def _check_geometry(spec: InputSpec) -> None:
-    if spec.resize != SUPPORTED_RESIZE:
-        raise BundleError(f"the bundle's input resize '{spec.resize}' is not supported by eval (only squash)")
 
 
 # --- results -----------------------------------------------------------------------------------------------
@@ -171,7 +180,7 @@ def evaluate(bundle: Path, data: Path, category: str | None = None) -> EvalResul
     samples, seen = _test_samples(dataset, manifest, data if category is None else data / category)
     if not samples:
         raise DataError(f"no test images in {data}: add test/good and test/<defect> (or defect folders beside good/)")
-    scored = _score(model, manifest.input, samples)
+    scored = _score(model, manifest, samples)
     if len(scored.samples) == 0:
         raise DataError(f"none of the {len(samples)} test images in {data} could be read")
     labels = [s.label for s in scored.samples]
@@ -195,7 +204,7 @@ def evaluate(bundle: Path, data: Path, category: str | None = None) -> EvalResul
     if result.pixel is None and result.is_defect.any():
         result.notes.append(NEEDS_MASKS)
     result.per_type = [_type_metrics(result, scored, label) for label in sorted(set(labels) - {GOOD})]
-    result.grid_goods, result.grid_defects = _grid_tiles(model, manifest.input, result, scored)
+    result.grid_goods, result.grid_defects = _grid_tiles(model, manifest, result)
     return result
 
 
@@ -225,17 +234,6 @@ def _test_samples(dataset: Dataset, manifest: ModelManifest, root: Path) -> tupl
 def _batches(items: Sequence[Sample], size: int) -> Iterator[Sequence[Sample]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-@torch.no_grad()
-def _predict(model: nn.Module, images: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Scores (N) and anomaly maps (N x H x W float32) on the model input grid."""
-    prediction = model(torch.from_numpy(images))
-    amap = prediction.anomaly_map
-    if amap.shape[-2:] != (spec.height, spec.width):
-        # A model may emit a coarser map; the masks live on the input grid, so bring the map there.
-        amap = F.interpolate(amap, size=(spec.height, spec.width), mode="bilinear", align_corners=False)
-    return prediction.score.float().numpy(), amap[:, 0].float().numpy()
 
 
 def _read_mask(sample: Sample, spec: InputSpec) -> np.ndarray | None:
@@ -285,17 +283,15 @@ class _Collector:
         )
 
 
-def _score(model: nn.Module, spec: InputSpec, samples: list[Sample]) -> _Scored:
+def _score(model: nn.Module, manifest: ModelManifest, samples: list[Sample]) -> _Scored:
     by_path = {s.path: s for s in samples}
-    collector = _Collector(samples, spec)
+    collector = _Collector(samples, manifest.input)
     with tqdm(total=len(samples), desc="scoring test images", unit="img") as bar:
         for batch in _batches(samples, EVAL_BATCH):
-            loaded = images_to_input([s.path for s in batch], spec)
-            collector.skipped += loaded.skipped
-            if loaded.paths:
-                scores, maps = _predict(model, loaded.images, spec)
-                for path, score, amap in zip(loaded.paths, scores, maps, strict=True):
-                    collector.add(by_path[path], float(score), amap)
+            predicted = _predict_paths(model, [s.path for s in batch], manifest)
+            collector.skipped += predicted.skipped
+            for path, score, amap in zip(predicted.paths, predicted.scores, predicted.maps, strict=True):
+                collector.add(by_path[path], float(score), amap)
             bar.update(len(batch))
     return collector.result()
 
@@ -358,31 +354,18 @@ def _grid_choice(result: EvalResult) -> list[int]:
     return worst_goods + worst_defects
 
 
-def _grid_tiles(
-    model: nn.Module, spec: InputSpec, result: EvalResult, scored: _Scored
-) -> tuple[list[GridTile], list[GridTile]]:
-    """Grid tiles with their maps: those kept for pixel metrics are reused, the others are predicted again."""
+def _grid_tiles(model: nn.Module, manifest: ModelManifest, result: EvalResult) -> tuple[list[GridTile], list[GridTile]]:
+    """The report grid's images, predicted again: at most two rows, so cheaper than keeping every view."""
     chosen = _grid_choice(result)
-    loaded = images_to_input([result.paths[i] for i in chosen], spec)
-    if loaded.skipped:
-        log.warning("%d grid image(s) could not be read again; the report grid leaves them out", len(loaded.skipped))
-    image_of = dict(zip(loaded.paths, loaded.images, strict=True))
-    readable = [i for i in chosen if result.paths[i] in image_of]
-    row_of = {sample: row for row, sample in enumerate(scored.pixel_index)}
-    missing = [i for i in readable if i not in row_of]
-    fresh: dict[int, np.ndarray] = {}
-    if missing:
-        _, maps = _predict(model, np.stack([image_of[result.paths[i]] for i in missing]), spec)
-        fresh = dict(zip(missing, maps, strict=True))
+    predicted = _predict_paths(model, [result.paths[i] for i in chosen], manifest)
+    if predicted.skipped:
+        log.warning("%d grid image(s) could not be read again; the report grid leaves them out", len(predicted.skipped))
+    index_of = {result.paths[i]: i for i in chosen}
     tiles = [
-        GridTile(
-            result.paths[i],
-            result.labels[i],
-            float(result.scores[i]),
-            image_of[result.paths[i]],
-            scored.maps[row_of[i]] if i in row_of else fresh[i],
+        GridTile(path, result.labels[index_of[path]], float(score), view, amap)
+        for path, score, view, amap in zip(
+            predicted.paths, predicted.scores, predicted.views, predicted.maps, strict=True
         )
-        for i in readable
     ]
     return [t for t in tiles if t.label == GOOD], [t for t in tiles if t.label != GOOD]
 

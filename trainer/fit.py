@@ -15,16 +15,17 @@ import yaml
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from edge_agent.geometry import Geometry
 from trainer.bundle import ModelManifest, write_bundle
-from trainer.data.images import load_for_model
-from trainer.data.layouts import DataError, discover
-from trainer.metrics import image_auroc, score_stats
+from trainer.data.layouts import DataError, Dataset, discover
+from trainer.metrics import f1_max, image_auroc, score_stats
 from trainer.models import REGISTRY
+from trainer.predict import model_inputs, predict_scores, read_frames
 
 log = logging.getLogger(__name__)
 
 MIN_TRAIN_IMAGES = 2
-PREDICT_BATCH = 16
+F1_THRESHOLD = "f1"
 
 
 class RecipeError(Exception):
@@ -40,10 +41,27 @@ class FitOptions:
     category: str | None = None
     holdout: float = 0.2
     threshold_quantile: float = 0.99
+    threshold: str = "quantile"  # or "f1": the F1-optimal threshold on labelled test images
     seed: int = 0
 
 
-def load_recipe(model: str, path: Path | None) -> Any:
+@dataclass(frozen=True)
+class Recipe:
+    """A training recipe file: the model's own keys plus the shared `geometry` section."""
+
+    model: Any  # the registry entry's recipe class
+    geometry: Geometry
+
+
+def _recipe_error(exc: ValidationError, prefix: str = "") -> RecipeError:
+    first = exc.errors()[0]
+    key = prefix + ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return RecipeError(f"unknown recipe key '{key}'; check its spelling (configs/ has a commented recipe)")
+    return RecipeError(f"recipe key '{key}': {first['msg']}")
+
+
+def load_recipe(model: str, path: Path | None) -> Recipe:
     entry = REGISTRY.get(model)
     if entry is None:
         raise RecipeError(f"unknown model '{model}'; known models: {', '.join(sorted(REGISTRY))}")
@@ -54,21 +72,19 @@ def load_recipe(model: str, path: Path | None) -> Any:
         raw = yaml.safe_load(path.read_text()) or {}
         if not isinstance(raw, dict):
             raise RecipeError(f"recipe {path} must be a YAML mapping of recipe keys")
+    geometry_keys = raw.pop("geometry", None) or {}
+    if not isinstance(geometry_keys, dict):
+        raise RecipeError("recipe key 'geometry' must be a mapping with 'mode' (squash, letterbox or tile)")
     try:
-        return entry.recipe.model_validate(raw)
+        model_recipe = entry.recipe.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        what = "is not a key of this model's recipe" if first["type"] == "extra_forbidden" else first["msg"]
-        raise RecipeError(f"recipe key '{key}' {what}") from None
-
-
-@torch.no_grad()
-def predict_scores(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
-    scores = [
-        model(torch.from_numpy(images[i : i + PREDICT_BATCH])).score for i in range(0, len(images), PREDICT_BATCH)
-    ]
-    return torch.cat(scores).numpy() if scores else np.zeros(0, np.float32)
+        raise _recipe_error(exc) from None
+    height, width = model_recipe.input_size
+    try:
+        geometry = Geometry.model_validate({**geometry_keys, "height": height, "width": width})
+    except ValidationError as exc:
+        raise _recipe_error(exc, "geometry.") from None
+    return Recipe(model_recipe, geometry)
 
 
 def calibrate_threshold(holdout_scores: np.ndarray, quantile: float) -> float:
@@ -92,58 +108,77 @@ def _files_hash(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def _split(count: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(count)
+    n_hold = max(1, round(count * share))
+    return np.sort(order[n_hold:]), np.sort(order[:n_hold])
+
+
+def _test_metrics(model: torch.nn.Module, data: Dataset, geometry: Geometry, threshold: float) -> dict[str, float]:
+    """Image-level figures on the labelled test images, when the data set has defects to measure against."""
+    if not any(s.is_defect for s in data.test):
+        return {}
+    frames, kept, _ = read_frames(tqdm([s.path for s in data.test], desc="reading test images", unit="img"))
+    label_of = {s.path: s.is_defect for s in data.test}
+    labels = np.array([label_of[p] for p in kept])
+    scores = predict_scores(model, frames, geometry)
+    metrics: dict[str, float] = {"test_reject_rate_defect": float((scores[labels] >= threshold).mean())}
+    if not labels.all():
+        best = f1_max(scores, labels)
+        metrics |= {
+            "image_auroc": image_auroc(scores, labels),
+            "test_reject_rate_good": float((scores[~labels] >= threshold).mean()),
+            "f1_max": best.f1,
+            "f1_threshold": best.threshold,
+        }
+    return metrics
+
+
 def fit(options: FitOptions) -> ModelManifest:
     recipe = load_recipe(options.model, options.recipe)
+    geometry = recipe.geometry
     data = discover(options.data, options.category)
-    height, width = recipe.input_size
-    loaded = load_for_model(tqdm(data.train, desc="reading good images", unit="img"), height, width)
-    if len(loaded.images) < MIN_TRAIN_IMAGES:
-        raise DataError(f"only {len(loaded.images)} readable good image(s) in {options.data}; need at least 2")
-    if loaded.skipped:
-        log.warning("skipped %d unreadable image(s) of %d", len(loaded.skipped), len(data.train))
+    frames, paths, skipped = read_frames(tqdm(data.train, desc="reading good images", unit="img"))
+    if len(frames) < MIN_TRAIN_IMAGES:
+        raise DataError(f"only {len(frames)} readable good image(s) in {options.data}; need at least 2")
+    if skipped:
+        log.warning("skipped %d unreadable image(s) of %d", len(skipped), len(data.train))
+    train_idx, hold_idx = _split(len(frames), options.holdout, options.seed)
+    inputs = model_inputs([frames[i] for i in train_idx], geometry)
 
-    rng = np.random.default_rng(options.seed)
-    order = rng.permutation(len(loaded.images))
-    n_hold = max(1, round(len(order) * options.holdout))
-    hold_idx, train_idx = np.sort(order[:n_hold]), np.sort(order[n_hold:])
+    torch.manual_seed(recipe.model.seed)
+    model = REGISTRY[options.model].model(recipe.model)
+    with tqdm(total=len(inputs), desc=f"fitting {options.model}", unit="input") as bar:
+        summary = model.fit(inputs, progress=bar.update)
+    del inputs
 
-    torch.manual_seed(recipe.seed)
-    model = REGISTRY[options.model].model(recipe)
-    with tqdm(total=len(train_idx), desc=f"fitting {options.model}", unit="img") as bar:
-        summary = model.fit(loaded.images[train_idx], progress=bar.update)
-
-    holdout_scores = predict_scores(model, loaded.images[hold_idx])
+    holdout_scores = predict_scores(model, [frames[i] for i in hold_idx], geometry)
     threshold = calibrate_threshold(holdout_scores, options.threshold_quantile)
-    metrics: dict[str, float] = {}
-    defects = [s for s in data.test if s.is_defect]
-    if defects:
-        test = load_for_model(tqdm([s.path for s in data.test], desc="scoring test images", unit="img"), height, width)
-        readable = set(test.paths)
-        labels = np.array([s.is_defect for s in data.test if s.path in readable])
-        scores = predict_scores(model, test.images)
-        if labels.any() and not labels.all():
-            metrics["image_auroc"] = image_auroc(scores, labels)
-        metrics["test_reject_rate_defect"] = float((scores[labels] >= threshold).mean())
-        if not labels.all():
-            metrics["test_reject_rate_good"] = float((scores[~labels] >= threshold).mean())
+    metrics = _test_metrics(model, data, geometry, threshold)
+    if options.threshold == F1_THRESHOLD:
+        if "f1_threshold" not in metrics:
+            raise DataError("--threshold f1 needs labelled good and defective test images in the data set")
+        threshold = metrics["f1_threshold"]
 
     manifest: dict[str, Any] = {
         "model": options.model,
         "backbone": "efficientnet-lite0",
-        "recipe": recipe.model_dump(mode="json"),
-        "input": {"height": height, "width": width},
+        "recipe": recipe.model.model_dump(mode="json"),
+        "input": {"height": geometry.height, "width": geometry.width},
+        "geometry": geometry.model_dump(mode="json"),
         "normalization": {"mean": 127.0, "std": 128.0, "in_graph": True},
         "training_set": {
-            "root": str(options.data.resolve()),
+            "root": str(options.data.resolve()) if options.data.exists() else str(options.data),
             "layout": data.layout,
             "count": len(train_idx),
-            "skipped": [str(p) for p in loaded.skipped],
-            "sha256": _files_hash([loaded.paths[i] for i in train_idx]),
-            "holdout": [str(loaded.paths[i].resolve()) for i in hold_idx],
+            "skipped": [str(p) for p in skipped],
+            "sha256": _files_hash([paths[i] for i in train_idx]),
+            "holdout": [str(paths[i].resolve()) for i in hold_idx],
         },
         "fit_summary": summary,
         "holdout_scores": score_stats(holdout_scores),
         "threshold": threshold,
+        "threshold_method": options.threshold,
         "threshold_quantile": options.threshold_quantile,
         "metrics": metrics,
     }

@@ -13,8 +13,8 @@ from pipeline import Pipeline
 from converters.bake import BakeError, BakeOptions, bake
 from edge_agent.bundle import load_edge_bundle
 from edge_agent.errors import BundleError
+from edge_agent.geometry import Geometry, prepare
 from edge_agent.imageio import list_images, read_image
-from edge_agent.preprocess import squash
 from edge_agent.runtimes.openvino import OpenVinoRuntime
 from trainer.bundle import load_bundle
 
@@ -35,7 +35,7 @@ def test_agent_runtime_matches_torch_on_defects(pipeline: Pipeline) -> None:
     model, _ = load_bundle(pipeline.model)
     runtime = OpenVinoRuntime.from_bundle(load_edge_bundle(pipeline.edge))
     for path in list_images(pipeline.data / "test" / "scratch"):
-        image = squash(read_image(path), 128, 128)
+        image = prepare(read_image(path), Geometry(height=128, width=128)).inputs[0]
         with torch.no_grad():
             ref = model(torch.from_numpy(image[None]))
         baked = runtime.infer(image)

@@ -14,12 +14,13 @@ from edge_agent.config import FolderCameraConfig
 from edge_agent.errors import CameraError, EndOfStream
 from edge_agent.frame_queue import FrameQueue
 from edge_agent.frames import Frame
+from edge_agent.geometry import Geometry
 from edge_agent.loop import InspectionLoop, LoopOptions, ModelInfo
 from edge_agent.publish.fake import FakePublisher
 from edge_agent.runtimes.base import Inference
 from edge_agent.runtimes.fake import FakeRuntime
 
-MODEL = ModelInfo(version="test-1", threshold=100.0, score_scale=100.0, height=16, width=16)
+MODEL = ModelInfo(version="test-1", threshold=100.0, score_scale=100.0, geometry=Geometry(height=16, width=16))
 
 
 def brightness(image: np.ndarray) -> float:

@@ -6,9 +6,11 @@ import cv2
 import numpy as np
 import pytest
 
-from trainer.data.images import load_for_model, read_image
+from edge_agent.geometry import Geometry
+from edge_agent.imageio import read_image
 from trainer.data.layouts import DataError, discover
 from trainer.data.synthetic import DEFECT_TYPES, SyntheticSpec, generate
+from trainer.predict import model_inputs, read_frames
 
 
 def test_synthetic_is_deterministic_with_exact_masks(tmp_path: Path) -> None:
@@ -50,8 +52,10 @@ def test_gray_16bit_and_corrupt_images(tmp_path: Path) -> None:
     cv2.imwrite(str(tmp_path / "b.tif"), np.full((40, 50), 200, np.uint8))
     (tmp_path / "c.png").write_bytes(b"not an image")
     assert read_image(tmp_path / "a.png").dtype == np.uint16
-    loaded = load_for_model(sorted(tmp_path.iterdir()), 32, 32)
-    assert loaded.images.shape == (2, 32, 32, 3)
-    assert loaded.images.dtype == np.uint8
-    assert [p.name for p in loaded.skipped] == ["c.png"]
-    assert loaded.images[1].min() == 200
+    frames, kept, skipped = read_frames(sorted(tmp_path.iterdir()))
+    inputs = model_inputs(frames, Geometry(height=32, width=32))
+    assert inputs.shape == (2, 32, 32, 3)
+    assert inputs.dtype == np.uint8
+    assert [p.name for p in kept] == ["a.png", "b.tif"]
+    assert [p.name for p in skipped] == ["c.png"]
+    assert inputs[1].min() == 200

@@ -71,7 +71,7 @@ def test_fit_cli_skips_a_corrupt_image_and_counts_it(tmp_path: Path, pipeline: P
     [
         ("missing", "does not exist"),
         ("empty", "no images of good parts"),
-        ("bad_recipe", "recipe key 'coreset_ratioo' is not a key"),
+        ("bad_recipe", "unknown recipe key 'coreset_ratioo'"),
         ("bad_model", "unknown model 'padim'"),
     ],
 )
@@ -94,4 +94,5 @@ def test_fit_cli_bad_input_is_one_clear_line(tmp_path: Path, setup: str, message
 
 def test_shipped_recipe_is_valid() -> None:
     recipe = load_recipe("patchcore", Path(__file__).resolve().parents[2] / "configs" / "patchcore.yaml")
-    assert recipe.taps == (4, 10)
+    assert recipe.model.taps == (4, 10)
+    assert recipe.geometry.mode == "squash"

@@ -1,0 +1,74 @@
+"""Scoring whole frames with a torch model through the shared input geometry, in batches of model inputs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from edge_agent.geometry import Combined, Geometry, Prepared, combine, prepare
+from edge_agent.imageio import ImageReadError, read_image
+
+log = logging.getLogger(__name__)
+
+PREDICT_BATCH = 16
+
+
+def read_frames(paths: Iterable[Path]) -> tuple[list[np.ndarray], list[Path], list[Path]]:
+    """Images as stored, the paths read, and the unreadable paths (skipped with a warning, never fatal)."""
+    frames: list[np.ndarray] = []
+    kept: list[Path] = []
+    skipped: list[Path] = []
+    for path in paths:
+        try:
+            frames.append(read_image(path))
+            kept.append(path)
+        except ImageReadError as exc:
+            log.warning("skipping %s", exc)
+            skipped.append(path)
+    return frames, kept, skipped
+
+
+def model_inputs(frames: Sequence[np.ndarray], geometry: Geometry) -> np.ndarray:
+    """Every model input of every frame (tiles included), uint8 K x H x W x 3: what a model is fitted on."""
+    if not frames:
+        return np.zeros((0, geometry.height, geometry.width, 3), np.uint8)
+    return np.concatenate([prepare(f, geometry).inputs for f in frames])
+
+
+@torch.no_grad()
+def predict(model: nn.Module, frames: Sequence[np.ndarray], geometry: Geometry) -> list[Combined]:
+    """One combined map and score per frame, exactly as the agent computes them from the baked graph."""
+    prepared: list[Prepared] = [prepare(f, geometry) for f in frames]
+    inputs = np.concatenate([p.inputs for p in prepared]) if prepared else np.zeros((0, 1, 1, 3), np.uint8)
+    maps: list[np.ndarray] = []
+    scores: list[float] = []
+    for start in range(0, len(inputs), PREDICT_BATCH):
+        out = model(torch.from_numpy(inputs[start : start + PREDICT_BATCH]))
+        maps.extend(out.anomaly_map[:, 0].float().numpy())
+        scores.extend(out.score.float().numpy().tolist())
+    combined: list[Combined] = []
+    offset = 0
+    for p in prepared:
+        k = len(p.inputs)
+        combined.append(combine(p, maps[offset : offset + k], scores[offset : offset + k], geometry.mode))
+        offset += k
+    return combined
+
+
+def predict_scores(model: nn.Module, frames: Sequence[np.ndarray], geometry: Geometry) -> np.ndarray:
+    return np.array([c.score for c in predict(model, frames, geometry)], dtype=np.float32)
+
+
+def on_grid(combined: Combined, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The view and its map resized to a fixed grid, so images of any size can be compared pixel by pixel."""
+    if combined.view.shape[:2] == (height, width):
+        return combined.view, combined.anomaly_map
+    view = cv2.resize(combined.view, (width, height), interpolation=cv2.INTER_AREA)
+    amap = cv2.resize(combined.anomaly_map, (width, height), interpolation=cv2.INTER_LINEAR)
+    return view, amap
