@@ -171,7 +171,7 @@ class PatchCore(nn.Module):
         chosen = greedy_coreset(candidates, k, self.recipe.projection_dim, self.recipe.seed)
         bank = np.ascontiguousarray(candidates[chosen], dtype=np.float32)
         selected = time.perf_counter()
-        self._store_bank(bank)
+        self.set_bank(bank)
         return {
             "patches": len(features),
             "candidates": len(candidates),
@@ -183,7 +183,8 @@ class PatchCore(nn.Module):
             "quantize_s": round(time.perf_counter() - selected, 2),
         }
 
-    def _store_bank(self, bank: np.ndarray) -> None:
+    def set_bank(self, bank: np.ndarray) -> None:
+        """Store a float N x D bank in the recipe's form, with each entry's neighbour table for reweighting."""
         q = self.recipe.bank_quantization
         if q == "none":
             self.bank_float = torch.from_numpy(bank)
