@@ -9,6 +9,7 @@ from edge_agent.imageio import list_images
 
 GOOD = "good"
 MASK_SUFFIX = "_mask"
+ELPV_PREFIX = "elpv:"  # `--data elpv:mono` names the installed ELPV data set, not a folder
 
 
 class DataError(Exception):
@@ -29,7 +30,7 @@ class Sample:
 @dataclass(frozen=True)
 class Dataset:
     name: str
-    layout: str  # "mvtec" | "folder"
+    layout: str  # "mvtec" | "folder" | "elpv"
     train: list[Path]  # good images to learn from
     test: list[Sample]  # labelled images for evaluation (may be empty)
 
@@ -60,7 +61,12 @@ def _folder(root: Path) -> Dataset:
 
 
 def discover(root: Path, category: str | None = None) -> Dataset:
-    """Read `root` as an MVTec category, an MVTec root plus `category`, or a folder layout."""
+    """Read `root` as an MVTec category, an MVTec root plus `category`, a folder layout, or `elpv:TYPE`."""
+    if str(root).lower().startswith(ELPV_PREFIX):
+        # Imported here, not at the top: the elpv module builds on this module's Dataset, Sample and DataError.
+        from trainer.data.elpv import from_spec
+
+        return from_spec(str(root), category)
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist; pass --data with a folder holding train/good or good/")
     if category is not None:
