@@ -53,7 +53,3 @@ class FrameQueue(Generic[T]):
     def finished(self) -> bool:
         with self._cond:
             return self._closed and not self._items
-
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._items)
