@@ -46,7 +46,7 @@ def main() -> None:
             label_of = {s.path: s.is_defect for s in data.test}
             labels = np.array([label_of[p] for p in kept])
             base = PatchCore(PatchCoreRecipe(bank_quantization="none"))
-            base.fit(model_inputs(train, geometry))
+            base.fit(model_inputs(train, geometry), model_inputs([], geometry))
             float_bank = base.memory_bank().numpy()
             reference = 0.0
             for form in FORMS:

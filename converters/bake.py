@@ -44,13 +44,13 @@ class BakeOptions:
     calib: Path | None = None
 
 
-def _validation_paths(holdout: list[str], calib: Path | None) -> list[Path]:
+def _validation_paths(validation: list[str], calib: Path | None) -> list[Path]:
     if calib is not None:
         if not calib.is_dir():
             raise BakeError(f"--calib folder {calib} does not exist")
         paths = list_images(calib)
     else:
-        paths = [Path(p) for p in holdout if Path(p).is_file()]
+        paths = [Path(p) for p in validation if Path(p).is_file()]
     if not paths:
         where = calib or "the model bundle's held-out images"
         raise BakeError(f"no validation images found in {where}; pass --calib DIR with images of good parts")
@@ -71,7 +71,7 @@ def bake(options: BakeOptions) -> EdgeManifest:
     _check_replaceable(options.out)
     model, source = load_bundle(options.bundle)
     height, width = source.input.height, source.input.width
-    frames, _, _ = read_frames(_validation_paths(source.training_set.holdout, options.calib))
+    frames, _, _ = read_frames(_validation_paths(source.training_set.validation, options.calib))
     if not frames:
         raise BakeError("none of the validation images could be read")
 

@@ -15,7 +15,7 @@ from edge_agent.geometry import Geometry
 from edge_agent.hashing import sha256_file
 from trainer.models import REGISTRY
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.yaml"
 WEIGHTS = "weights.pt"
 
@@ -50,7 +50,8 @@ class TrainingSet(BaseModel):
     count: int
     skipped: list[str]
     sha256: str
-    holdout: list[str]
+    validation: list[str]  # scored out-of-sample to calibrate the threshold
+    holdout: list[str]  # never learned from: fair test images for `trainer eval`
 
 
 class ModelManifest(BaseModel):
@@ -64,7 +65,7 @@ class ModelManifest(BaseModel):
     normalization: dict[str, Any]
     training_set: TrainingSet
     fit_summary: dict[str, Any]
-    holdout_scores: ScoreStats
+    validation_scores: ScoreStats
     threshold: float
     threshold_method: str
     threshold_quantile: float

@@ -32,7 +32,10 @@ def fit_command(
     model: Annotated[str, typer.Option(help="model from the registry")] = "patchcore",
     config: Annotated[Path | None, typer.Option(help="training recipe YAML (keys of the model's recipe)")] = None,
     category: Annotated[str | None, typer.Option(help="category, when --data holds several")] = None,
-    holdout: Annotated[float, typer.Option(min=0.05, max=0.5, help="share of good images held out")] = 0.2,
+    holdout: Annotated[
+        float,
+        typer.Option(min=0.05, max=0.5, help="share of good images scored out-of-sample to calibrate the threshold"),
+    ] = 0.2,
     threshold_quantile: Annotated[float, typer.Option(min=0.5, max=1.0, help="quantile of held-out scores")] = 0.99,
     threshold: Annotated[
         ThresholdMethod, typer.Option(help="quantile of held-out goods, or F1-optimal on labelled test images")

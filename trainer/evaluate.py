@@ -34,7 +34,10 @@ GRID_PER_ROW = 8
 NEEDS_DEFECTS = (
     "image AUROC needs labelled defective test images; only the goods' scores and false-reject rate are reported"
 )
-NEEDS_GOODS = "image AUROC needs good test images; only the defects' scores and escape rate are reported"
+NEEDS_GOODS = (
+    "image AUROC needs good test images the model never learned from (put some in test/good, or in a folder "
+    "not passed to `trainer fit`); only the defects' scores and escape rate are reported"
+)
 NEEDS_MASKS = "pixel AUROC and AUPRO need ground-truth masks of defective images"
 
 

@@ -15,11 +15,12 @@ import yaml
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from edge_agent.geometry import Geometry
+from edge_agent.geometry import Geometry, Prepared, combine, prepare
 from trainer.bundle import ModelManifest, write_bundle
 from trainer.data.layouts import DataError, Dataset, discover
 from trainer.metrics import f1_max, image_auroc, score_stats
 from trainer.models import REGISTRY
+from trainer.models.prediction import Prediction
 from trainer.predict import model_inputs, predict_scores, read_frames
 
 log = logging.getLogger(__name__)
@@ -87,17 +88,17 @@ def load_recipe(model: str, path: Path | None) -> Recipe:
     return Recipe(model_recipe, geometry)
 
 
-def calibrate_threshold(holdout_scores: np.ndarray, quantile: float) -> float:
+def calibrate_threshold(val_scores: np.ndarray, quantile: float) -> float:
     """The score above which a good part is expected with probability 1 - `quantile`.
 
     Hold-out sets are small, so the empirical quantile alone sits at the largest score seen and rejects the
     next slightly worse good part. A normal fit to the scores extrapolates the tail; the larger of the two wins.
     """
-    empirical = float(np.quantile(holdout_scores, quantile))
-    if len(holdout_scores) < 2:
+    empirical = float(np.quantile(val_scores, quantile))
+    if len(val_scores) < 2:
         return empirical
     z = statistics.NormalDist().inv_cdf(quantile)
-    return max(empirical, float(holdout_scores.mean() + z * holdout_scores.std(ddof=1)))
+    return max(empirical, float(val_scores.mean() + z * val_scores.std(ddof=1)))
 
 
 def _files_hash(paths: list[Path]) -> str:
@@ -134,6 +135,21 @@ def _test_metrics(model: torch.nn.Module, data: Dataset, geometry: Geometry, thr
     return metrics
 
 
+def _frame_scores(validation: Prediction, prepared: list[Prepared], geometry: Geometry) -> np.ndarray:
+    """One score per validation frame, combined from its inputs' predictions the way the agent combines them."""
+    maps = validation.anomaly_map[:, 0].numpy()
+    scores = validation.score.numpy()
+    out = []
+    offset = 0
+    for p in prepared:
+        k = len(p.inputs)
+        out.append(
+            combine(p, list(maps[offset : offset + k]), scores[offset : offset + k].tolist(), geometry.mode).score
+        )
+        offset += k
+    return np.array(out, dtype=np.float32)
+
+
 def fit(options: FitOptions) -> ModelManifest:
     recipe = load_recipe(options.model, options.recipe)
     geometry = recipe.geometry
@@ -143,23 +159,28 @@ def fit(options: FitOptions) -> ModelManifest:
         raise DataError(f"only {len(frames)} readable good image(s) in {options.data}; need at least 2")
     if skipped:
         log.warning("skipped %d unreadable image(s) of %d", len(skipped), len(data.train))
-    train_idx, hold_idx = _split(len(frames), options.holdout, options.seed)
+    train_idx, val_idx = _split(len(frames), options.holdout, options.seed)
     inputs = model_inputs([frames[i] for i in train_idx], geometry)
+    val_prepared = [prepare(frames[i], geometry) for i in val_idx]
+    val_inputs = np.concatenate([p.inputs for p in val_prepared])
+    val_groups = np.repeat(np.arange(len(val_prepared)), [len(p.inputs) for p in val_prepared])
 
     torch.manual_seed(recipe.model.seed)
     model = REGISTRY[options.model].model(recipe.model)
-    with tqdm(total=len(inputs), desc=f"fitting {options.model}", unit="input") as bar:
-        summary = model.fit(inputs, progress=bar.update)
-    del inputs
+    with tqdm(total=len(inputs) + len(val_inputs), desc=f"fitting {options.model}", unit="input") as bar:
+        result = model.fit(inputs, val_inputs, progress=bar.update, val_groups=val_groups)
+    del inputs, val_inputs
 
-    holdout_scores = predict_scores(model, [frames[i] for i in hold_idx], geometry)
-    threshold = calibrate_threshold(holdout_scores, options.threshold_quantile)
+    val_scores = _frame_scores(result.validation, val_prepared, geometry)
+    threshold = calibrate_threshold(val_scores, options.threshold_quantile)
     metrics = _test_metrics(model, data, geometry, threshold)
     if options.threshold == F1_THRESHOLD:
         if "f1_threshold" not in metrics:
             raise DataError("--threshold f1 needs labelled good and defective test images in the data set")
         threshold = metrics["f1_threshold"]
 
+    validation = [str(paths[i].resolve()) for i in val_idx]
+    learned = np.sort(np.concatenate([train_idx, val_idx])) if result.learned_from_validation else train_idx
     manifest: dict[str, Any] = {
         "model": options.model,
         "backbone": "efficientnet-lite0",
@@ -170,13 +191,14 @@ def fit(options: FitOptions) -> ModelManifest:
         "training_set": {
             "root": str(options.data.resolve()) if options.data.exists() else str(options.data),
             "layout": data.layout,
-            "count": len(train_idx),
+            "count": len(learned),
             "skipped": [str(p) for p in skipped],
-            "sha256": _files_hash([paths[i] for i in train_idx]),
-            "holdout": [str(paths[i].resolve()) for i in hold_idx],
+            "sha256": _files_hash([paths[i] for i in learned]),
+            "validation": validation,
+            "holdout": [] if result.learned_from_validation else validation,
         },
-        "fit_summary": summary,
-        "holdout_scores": score_stats(holdout_scores),
+        "fit_summary": result.summary,
+        "validation_scores": score_stats(val_scores),
         "threshold": threshold,
         "threshold_method": options.threshold,
         "threshold_quantile": options.threshold_quantile,

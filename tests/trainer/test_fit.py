@@ -25,7 +25,7 @@ def test_bundle_has_manifest_weights_and_separates_defects(pipeline: Pipeline) -
     assert manifest.model == "patchcore"
     assert manifest.input.height == 128
     assert manifest.metrics["image_auroc"] >= 0.95
-    assert manifest.threshold >= manifest.holdout_scores.max * 0.9
+    assert manifest.threshold >= manifest.validation_scores.max * 0.9
     state = torch.load(pipeline.model / "weights.pt", weights_only=True)
     assert state["bank_codes"].dtype == torch.int8
     assert state["bank_codes"].shape[0] == manifest.fit_summary["memory_bank"]

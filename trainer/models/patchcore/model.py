@@ -20,6 +20,7 @@ from torch import nn
 
 from trainer.acceleration import batched_features
 from trainer.backbones.efficientnet_lite import efficientnet_lite0
+from trainer.models.fit_result import FitResult
 from trainer.models.patchcore.bank import Quantization, int8_encode, pq_decode, pq_encode
 from trainer.models.patchcore.coreset import greedy_coreset
 from trainer.models.prediction import Prediction
@@ -29,6 +30,9 @@ LITE_MEAN = 127.0
 LITE_STD = 128.0
 NEIGHBOURHOOD = 3
 FLOAT_BYTES = 4
+# Added to the squared distance of a hidden bank entry: far beyond any real feature distance.
+HIDDEN_DISTANCE = 1e12
+VALIDATION_BATCH = 8
 
 
 class PatchCoreRecipe(BaseModel):
@@ -127,52 +131,83 @@ class PatchCore(nn.Module):
         amap = F.conv2d(amap, k.view(1, 1, 1, -1))
         return F.conv2d(amap, k.view(1, 1, -1, 1))
 
-    def _reweight(self, patches: torch.Tensor, nearest_sq: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    def _reweight(
+        self, patches: torch.Tensor, nearest_sq: torch.Tensor, bank: torch.Tensor, hide: torch.Tensor | None
+    ) -> torch.Tensor:
         """Paper eq. 7: weight in [1 - 1/b, 1) of each image's most anomalous patch. It is close to 1 when that
         patch's nearest bank entry sits in a sparse region of the bank, so rare-but-normal patches count less."""
         n, per_image = nearest_sq.shape
         worst = nearest_sq.argmax(dim=1)  # most anomalous patch per image
         rows = torch.arange(n) * per_image + worst
         to_bank = squared_distances(patches[rows], bank)  # n x N, from each image's worst patch
+        if hide is not None:
+            to_bank = to_bank + hide
         support = self.bank_neighbours[to_bank.argmin(dim=1)]  # n x b, its nearest entry first
         # Gathering distances, not bank rows: OpenVINO mis-gathers rows of a per-column-scaled int8 constant.
         dist = to_bank.gather(1, support).sqrt()
         return 1 - torch.softmax(dist, dim=1)[:, 0]
 
     def forward(self, image: torch.Tensor) -> Prediction:
-        feats = self.embed(image)
+        return self._predict(self.embed(image), (image.shape[1], image.shape[2]))
+
+    def _predict(self, feats: torch.Tensor, size: tuple[int, int], hidden: torch.Tensor | None = None) -> Prediction:
+        """Scores patch features. `hidden` (n x N bool) hides bank entries from each image: fit scores its
+        validation images without the entries they contributed, as if they had been held out."""
         n, d, h, w = feats.shape
         patches = feats.permute(0, 2, 3, 1).reshape(-1, d)
         bank = self.memory_bank()
-        nearest_sq = squared_distances(patches, bank).min(dim=1).values
+        distances = squared_distances(patches, bank)
+        hide = None if hidden is None else hidden.float() * HIDDEN_DISTANCE
+        if hide is not None:
+            distances = distances + hide.repeat_interleave(h * w, dim=0)
+        nearest_sq = distances.min(dim=1).values
         amap = nearest_sq.sqrt().reshape(n, 1, h, w)
-        amap = F.interpolate(amap, size=tuple(image.shape[1:3]), mode="bilinear", align_corners=False)
+        amap = F.interpolate(amap, size=size, mode="bilinear", align_corners=False)
         amap = self._blur(amap)
         score = amap.amax(dim=(1, 2, 3))
         if self.recipe.reweight_neighbours > 0:
-            score = score * self._reweight(patches, nearest_sq.reshape(n, h * w), bank)
+            score = score * self._reweight(patches, nearest_sq.reshape(n, h * w), bank, hide)
         return Prediction(anomaly_map=amap, score=score)
 
     @torch.no_grad()
-    def fit(self, train_images: np.ndarray, progress: Callable[[int], None] | None = None) -> dict[str, float]:
-        """Build the memory bank from good images (uint8 N x H x W x 3). Returns a summary for the manifest."""
+    def fit(
+        self,
+        train_images: np.ndarray,
+        val_images: np.ndarray,
+        progress: Callable[[int], None] | None = None,
+        val_groups: np.ndarray | None = None,
+    ) -> FitResult:
+        """Build the memory bank from good images (uint8 N x H x W x 3), the validation images included: a bank
+        grows better with every good image. Each validation input is then scored with the entries of its group
+        (its frame; tiles of one frame overlap) hidden, so its scores are out-of-sample."""
         started = time.perf_counter()
-        chunks = batched_features(self.embed, train_images, self.recipe.batch_size, progress)
-        features = np.concatenate([c.transpose(0, 2, 3, 1).reshape(-1, self.feature_dim) for c in chunks])
+        chunks = batched_features(
+            self.embed, np.concatenate([train_images, val_images]), self.recipe.batch_size, progress
+        )
+        d, h, w = chunks[0].shape[1:]
+        features = np.concatenate([c.transpose(0, 2, 3, 1).reshape(-1, d) for c in chunks])
         del chunks
         extracted = time.perf_counter()
-        rng = np.random.default_rng(self.recipe.seed)
+        rows = np.arange(len(features))
         if len(features) > self.recipe.max_candidates:
             # Keeps memory and selection time bounded on large sets; the coreset size still follows the full count.
-            candidates = features[rng.choice(len(features), self.recipe.max_candidates, replace=False)]
-        else:
-            candidates = features
+            rng = np.random.default_rng(self.recipe.seed)
+            rows = np.sort(rng.choice(len(features), self.recipe.max_candidates, replace=False))
+        candidates = features[rows] if len(rows) < len(features) else features
         k = max(self.recipe.min_memory_bank, round(len(features) * self.recipe.coreset_ratio))
         chosen = greedy_coreset(candidates, k, self.recipe.projection_dim, self.recipe.seed)
         bank = np.ascontiguousarray(candidates[chosen], dtype=np.float32)
         selected = time.perf_counter()
         self.set_bank(bank)
-        return {
+        quantized = time.perf_counter()
+        # Group of every bank entry: -1 for training images, else its validation input's group.
+        groups = np.arange(len(val_images)) if val_groups is None else np.asarray(val_groups)
+        input_of_entry = rows[chosen] // (h * w) - len(train_images)
+        lookup = np.append(groups, -1)  # the last slot answers for training entries
+        entry_group = torch.from_numpy(lookup[np.where(input_of_entry >= 0, input_of_entry, len(groups))])
+        val_features = torch.from_numpy(features[len(train_images) * h * w :]).reshape(-1, h, w, d).permute(0, 3, 1, 2)
+        validation = self._score_hidden(val_features, entry_group, torch.from_numpy(groups))
+        summary = {
             "patches": len(features),
             "candidates": len(candidates),
             "memory_bank": len(bank),
@@ -180,8 +215,21 @@ class PatchCore(nn.Module):
             "bank_float_bytes": bank.size * FLOAT_BYTES,
             "features_s": round(extracted - started, 2),
             "coreset_s": round(selected - extracted, 2),
-            "quantize_s": round(time.perf_counter() - selected, 2),
+            "quantize_s": round(quantized - selected, 2),
+            "validation_s": round(time.perf_counter() - quantized, 2),
         }
+        return FitResult(summary, validation, learned_from_validation=True)
+
+    def _score_hidden(self, feats: torch.Tensor, entry_group: torch.Tensor, groups: torch.Tensor) -> Prediction:
+        size = (self.recipe.input_size[0], self.recipe.input_size[1])
+        parts = []
+        for start in range(0, len(feats), VALIDATION_BATCH):
+            stop = start + VALIDATION_BATCH
+            hidden = entry_group.unsqueeze(0) == groups[start:stop].unsqueeze(1)
+            parts.append(self._predict(feats[start:stop], size, hidden))
+        if not parts:
+            return Prediction(torch.zeros(0, 1, *size), torch.zeros(0))
+        return Prediction(torch.cat([p.anomaly_map for p in parts]), torch.cat([p.score for p in parts]))
 
     def set_bank(self, bank: np.ndarray) -> None:
         """Store a float N x D bank in the recipe's form, with each entry's neighbour table for reweighting."""

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from trainer.models.patchcore import PatchCore, PatchCoreRecipe
+
+SIZE = 64
+
+
+def _parts(count: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 255, (count, SIZE, SIZE, 3)).astype(np.uint8)
+
+
+def _model() -> PatchCore:
+    # No reweighting: hiding bank entries can then only raise a score, which is what these tests check.
+    recipe = PatchCoreRecipe(
+        input_size=(SIZE, SIZE), min_memory_bank=100_000, reweight_neighbours=0, bank_quantization="none"
+    )
+    return PatchCore(recipe)
+
+
+def test_validation_images_are_scored_without_their_own_bank_entries() -> None:
+    train, val = _parts(4, 0), _parts(3, 1)
+    model = _model()
+    result = model.fit(train, val)
+    assert result.learned_from_validation
+    with torch.no_grad():
+        seen = model(torch.from_numpy(val)).score.numpy()
+    out_of_sample = result.validation.score.numpy()
+    # Every patch is in the bank (the bank keeps them all), so seen validation images score about zero
+    # (matmul distances leave a little rounding).
+    assert (out_of_sample > 10 * seen.max()).all()
+    assert result.validation.anomaly_map.shape == (3, 1, SIZE, SIZE)
+
+
+def test_validation_hides_a_whole_group_of_inputs() -> None:
+    train, noise = _parts(4, 0), _parts(1, 2)
+    twins = np.concatenate([noise, noise])  # two overlapping tiles of one frame, at the extreme
+    apart = _model().fit(train, twins, val_groups=np.array([0, 1])).validation.score.numpy()
+    together = _model().fit(train, twins, val_groups=np.array([0, 0])).validation.score.numpy()
+    # The coreset keeps one copy of identical patches, so apart, one twin finds them under the other's name.
+    assert apart.min() * 10 < together.min()
+
+
+def test_fit_without_validation_images() -> None:
+    result = _model().fit(_parts(3, 0), np.zeros((0, SIZE, SIZE, 3), np.uint8))
+    assert result.validation.score.shape == (0,)
