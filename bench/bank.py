@@ -53,7 +53,7 @@ def main() -> None:
                 model = base if form == "none" else PatchCore(PatchCoreRecipe(bank_quantization=form))
                 if form != "none":
                     model.backbone = base.backbone
-                    model.set_bank(float_bank)
+                    model.set_bank(float_bank, float_bank)
                 with torch.no_grad():
                     auroc = 100 * image_auroc(predict_scores(model, test, geometry), labels)
                 reference = auroc if form == "none" else reference

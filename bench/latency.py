@@ -1,9 +1,12 @@
-"""Per-frame latency of the whole PatchCore graph (uint8 frame in, map and score out), batch 1, 256x256.
+"""Per-frame latency of each model's whole graph (uint8 frame in, map and score out), batch 1, 256x256, on every
+CPU runtime and precision the converter bakes.
 
     .venv/bin/python bench/latency.py --frames 200
 
-Fits PatchCore on synthetic parts, bakes it for OpenVINO fp32, then times torch eager and the agent's
-OpenVINO runtime on the same frames, interleaved frame by frame so machine noise hits both alike.
+Fits each registry model on synthetic parts, bakes it for OpenVINO fp32, fp16 and int8 and for ONNX Runtime
+fp32, then times torch eager and the agent's runtime classes on the same frames, interleaved frame by frame so
+machine noise hits every runtime alike. Ratios are against torch eager and against OpenVINO fp32, medians from
+this one run.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,58 +23,81 @@ import torch
 
 from converters.bake import BakeOptions, bake
 from edge_agent.bundle import load_edge_bundle
+from edge_agent.config import ModelConfig
 from edge_agent.geometry import prepare
 from edge_agent.imageio import list_images, read_image
-from edge_agent.runtimes.openvino import OpenVinoRuntime
+from edge_agent.runtimes import make_runtime
 from trainer.bundle import load_bundle
 from trainer.data.synthetic import SyntheticSpec, generate
 from trainer.fit import FitOptions, fit
+from trainer.models import REGISTRY
 
 WARMUP = 20
+TORCH = "torch eager fp32"
+BAKES = (("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "int8"), ("onnx", "fp32"))
+RUNTIME_NAMES = {"openvino": "OpenVINO", "onnx": "ONNX Runtime"}
+OV_FP32 = "OpenVINO fp32"
+
+
+@dataclass(frozen=True)
+class Timed:
+    name: str
+    run: Callable[[np.ndarray], object]
 
 
 def percentiles(ms: list[float]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
+def contenders(model_name: str, data: Path, root: Path) -> tuple[list[Timed], str]:
+    bundle = root / model_name
+    fit(FitOptions(data=data, model=model_name, out=bundle))
+    model, manifest = load_bundle(bundle)
+    timed = [Timed(TORCH, lambda frame: model(torch.from_numpy(frame[None])))]
+    for target, precision in BAKES:
+        edge = root / f"{model_name}-{target}-{precision}"
+        bake(BakeOptions(bundle=bundle, out=edge, target=target, precision=precision))
+        runtime = make_runtime(load_edge_bundle(edge), ModelConfig(path=edge, cache_dir=root / "cache"))
+        timed.append(Timed(f"{RUNTIME_NAMES[target]} {precision}", runtime.infer))
+    detail = ", ".join(f"{k} {v}" for k, v in manifest.fit_summary.items() if k in ("memory_bank",))
+    return timed, detail
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--train-images", type=int, default=200)
+    parser.add_argument("--models", default=",".join(sorted(REGISTRY)))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = generate(root / "data", SyntheticSpec(train_good=args.train_images, test_defects_per_type=5))
-        fit(FitOptions(data=data, model="patchcore", out=root / "model"))
-        bake(BakeOptions(bundle=root / "model", out=root / "edge"))
-        model, manifest = load_bundle(root / "model")
-        runtime = OpenVinoRuntime.from_bundle(load_edge_bundle(root / "edge"))
         paths = sorted(p for kind in (data / "test").iterdir() for p in list_images(kind))
-        # Squash geometry: one model input per frame, so this times exactly one graph run per frame.
-        frames = [prepare(read_image(p), manifest.geometry).inputs[0] for p in paths]
-        timings: dict[str, list[float]] = {"torch eager fp32": [], "OpenVINO fp32 (agent runtime)": []}
-        with torch.no_grad():
-            for i in range(WARMUP + args.frames):
-                frame = frames[i % len(frames)]
-                t0 = time.perf_counter()
-                model(torch.from_numpy(frame[None]))
-                t1 = time.perf_counter()
-                runtime.infer(frame)
-                t2 = time.perf_counter()
-                if i >= WARMUP:
-                    timings["torch eager fp32"].append((t1 - t0) * 1000)
-                    timings["OpenVINO fp32 (agent runtime)"].append((t2 - t1) * 1000)
-    bank = manifest.fit_summary["memory_bank"]
-    base = percentiles(timings["torch eager fp32"])[0]
-    print(
-        f"PatchCore-Lite0 {manifest.input.height}x{manifest.input.width}, memory bank {bank:.0f}, batch 1, "
-        f"{torch.get_num_threads()} threads, {args.frames} frames after {WARMUP} warm-up"
-    )
-    print("| runtime | p50 ms | p99 ms | frames/s (1/p50) | speed-up vs torch (p50) |")
-    print("|---|---:|---:|---:|---:|")
-    for name, ms in timings.items():
-        p50, p99 = percentiles(ms)
-        print(f"| {name} | {p50:.2f} | {p99:.2f} | {1000 / p50:.0f} | {base / p50:.2f}x |")
+        rows = []
+        for name in args.models.split(","):
+            timed, detail = contenders(name, data, root)
+            # Squash geometry at the model's size: one graph run per frame.
+            frames = [prepare(read_image(p), load_bundle(root / name)[1].geometry).inputs[0] for p in paths]
+            ms: dict[str, list[float]] = {t.name: [] for t in timed}
+            with torch.no_grad():
+                for i in range(WARMUP + args.frames):
+                    frame = frames[i % len(frames)]
+                    for t in timed:
+                        start = time.perf_counter()
+                        t.run(frame)
+                        if i >= WARMUP:
+                            ms[t.name].append((time.perf_counter() - start) * 1000)
+            base, ov_fp32 = percentiles(ms[TORCH])[0], percentiles(ms[OV_FP32])[0]
+            for runtime, values in ms.items():
+                p50, p99 = percentiles(values)
+                rows.append(
+                    f"| {name} ({detail}) | {runtime} | {p50:.2f} | {p99:.2f} | {1000 / p50:.0f} | "
+                    f"{base / p50:.2f}x | {ov_fp32 / p50:.2f}x |"
+                )
+    print(f"256x256, batch 1, {torch.get_num_threads()} threads, {args.frames} frames after {WARMUP} warm-up\n")
+    print("| model | runtime | p50 ms | p99 ms | frames/s (1/p50) | vs torch (p50) | vs OpenVINO fp32 (p50) |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":

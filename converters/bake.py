@@ -10,29 +10,48 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
+import openvino as ov
 import yaml
+from torch import nn
 from tqdm import tqdm
 
-from converters.openvino import OUTPUT_NAMES, export_openvino
+from converters.graph import OUTPUT_NAMES
+from converters.onnx import export_onnx
+from converters.openvino import to_openvino
 from converters.parity import parity_report
+from converters.quantize import quantize_openvino
+from converters.tensorrt import MODEL_ENGINE, NOT_INSTALLED, build_engine, tensorrt_available
 from edge_agent.bundle import EDGE_FORMAT_VERSION, MANIFEST, EdgeManifest, Parity
-from edge_agent.geometry import combine, prepare
+from edge_agent.geometry import Combined, Geometry, combine, prepare
 from edge_agent.hashing import sha256_file
 from edge_agent.imageio import list_images
+from edge_agent.runtimes.base import Runtime
+from edge_agent.runtimes.onnxruntime import MODEL_ONNX, OnnxRuntime
 from edge_agent.runtimes.openvino import MODEL_BIN, MODEL_XML, OpenVinoRuntime
 from trainer.bundle import MANIFEST as MODEL_MANIFEST
-from trainer.bundle import ModelManifest, load_bundle
-from trainer.predict import predict, read_frames
+from trainer.bundle import load_bundle
+from trainer.metrics import image_auroc
+from trainer.predict import model_inputs, predict, read_frames
 
 log = logging.getLogger(__name__)
 
 MAX_PARITY_IMAGES = 64
+MAX_CALIBRATION_IMAGES = 300
 BUNDLE_MODE = 0o755
+PRECISIONS = {"openvino": ("fp32", "fp16", "int8"), "onnx": ("fp32",), "tensorrt": ("fp32", "fp16")}
+PERCENT = 100.0
 
 
 class BakeError(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class Guard:
+    """How far a reduced-precision bake may drift from torch before bake refuses to write it."""
+
+    max_auroc_drop: float = 0.5  # image AUROC points, on validation goods against --defects images
+    max_flip_rate: float = 0.01  # share of validation images whose verdict changes
 
 
 @dataclass(frozen=True)
@@ -41,20 +60,52 @@ class BakeOptions:
     out: Path
     target: str = "openvino"
     precision: str = "fp32"
-    calib: Path | None = None
+    calib: Path | None = None  # good images to calibrate int8 on; default: the bundle's validation images
+    defects: Path | None = None  # labelled defect images: the guard then also bounds the AUROC change
+    guard: Guard = Guard()
 
 
-def _validation_paths(validation: list[str], calib: Path | None) -> list[Path]:
-    if calib is not None:
-        if not calib.is_dir():
-            raise BakeError(f"--calib folder {calib} does not exist")
-        paths = list_images(calib)
+@dataclass(frozen=True)
+class Frames:
+    validation: list[np.ndarray]  # good images the parity and the guard are measured on
+    calibration: list[np.ndarray]
+    defects: list[np.ndarray]
+
+
+def _check_target(target: str, precision: str) -> None:
+    if target not in PRECISIONS:
+        raise BakeError(f"unknown --target '{target}'; choose one of {', '.join(PRECISIONS)}")
+    if precision not in PRECISIONS[target]:
+        hint = "; int8 is baked for OpenVINO (--target openvino)" if precision == "int8" else ""
+        choices = ", ".join(PRECISIONS[target])
+        raise BakeError(f"--precision {precision} is not available for --target {target} (choose {choices}){hint}")
+
+
+def _read_folder(folder: Path, option: str) -> list[np.ndarray]:
+    if not folder.is_dir():
+        raise BakeError(f"{option} folder {folder} does not exist")
+    frames, _, _ = read_frames(list_images(folder))
+    if not frames:
+        raise BakeError(f"{option} folder {folder} holds no readable images")
+    return frames
+
+
+def _frames(validation: list[str], options: BakeOptions) -> Frames:
+    paths = [Path(p) for p in validation if Path(p).is_file()]
+    calibration = _read_folder(options.calib, "--calib") if options.calib is not None else None
+    if paths:
+        good, _, _ = read_frames(paths[:MAX_PARITY_IMAGES])
+    elif calibration is not None:
+        log.warning("the bundle's validation images are not on this machine; checking parity on --calib images")
+        good = calibration[:MAX_PARITY_IMAGES]
     else:
-        paths = [Path(p) for p in validation if Path(p).is_file()]
-    if not paths:
-        where = calib or "the model bundle's held-out images"
-        raise BakeError(f"no validation images found in {where}; pass --calib DIR with images of good parts")
-    return paths[:MAX_PARITY_IMAGES]
+        raise BakeError(
+            "the bundle's validation images are not on this machine; pass --calib DIR with images of good parts"
+        )
+    if not good:
+        raise BakeError("none of the validation images could be read; pass --calib DIR with images of good parts")
+    defects = _read_folder(options.defects, "--defects") if options.defects is not None else []
+    return Frames(good, (calibration or good)[:MAX_CALIBRATION_IMAGES], defects)
 
 
 def _check_replaceable(out: Path) -> None:
@@ -63,69 +114,129 @@ def _check_replaceable(out: Path) -> None:
         raise BakeError(f"--out {out} exists and is not an edge bundle; choose a new or empty folder")
 
 
+def _write_graph(model: nn.Module, geometry: Geometry, options: BakeOptions, frames: Frames, folder: Path) -> None:
+    height, width = geometry.height, geometry.width
+    if options.target == "openvino":
+        graph = to_openvino(model, height, width)
+        if options.precision == "int8":
+            graph = quantize_openvino(graph, model_inputs(frames.calibration, geometry))
+        ov.save_model(graph, str(folder / MODEL_XML), compress_to_fp16=options.precision == "fp16")
+        return
+    export_onnx(model, height, width, folder / MODEL_ONNX)
+    if options.target == "tensorrt":
+        if tensorrt_available():
+            build_engine(folder / MODEL_ONNX, folder / MODEL_ENGINE, options.precision)
+        else:
+            log.warning(NOT_INSTALLED)
+
+
+def _runtime(options: BakeOptions, folder: Path) -> Runtime:
+    """The agent's own runtime class on the staged files, so parity is measured on what the agent will run."""
+    if options.target == "openvino":
+        return OpenVinoRuntime(folder / MODEL_XML, options.precision)
+    return OnnxRuntime(folder / MODEL_ONNX, options.precision)
+
+
+def _baked_files(folder: Path) -> dict[str, str]:
+    names = (MODEL_XML, MODEL_BIN, MODEL_ONNX, MODEL_ENGINE)
+    return {name: sha256_file(folder / name) for name in names if (folder / name).is_file()}
+
+
 def bake(options: BakeOptions) -> EdgeManifest:
-    if options.target != "openvino":
-        raise BakeError(f"target '{options.target}' is not supported yet; use --target openvino")
-    if options.precision != "fp32":
-        raise BakeError(f"precision '{options.precision}' is not supported yet; use --precision fp32")
+    _check_target(options.target, options.precision)
     _check_replaceable(options.out)
     model, source = load_bundle(options.bundle)
-    height, width = source.input.height, source.input.width
-    frames, _, _ = read_frames(_validation_paths(source.training_set.validation, options.calib))
-    if not frames:
-        raise BakeError("none of the validation images could be read")
+    frames = _frames(source.training_set.validation, options)
+    geometry = source.geometry
 
     # Write into a temporary folder first, so a failed bake never leaves a half-written bundle behind.
     options.out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".bake-", dir=options.out.parent))
     staging.chmod(BUNDLE_MODE)
     try:
-        export_openvino(model, height, width, staging / MODEL_XML)
+        _write_graph(model, geometry, options, frames, staging)
+        parity = _parity(model, _runtime(options, staging), frames, geometry, source.threshold)
+        _check_guard(parity, options)
         source_sha = sha256_file(options.bundle / MODEL_MANIFEST)
-        manifest: dict[str, object] = {
-            "format_version": EDGE_FORMAT_VERSION,
-            "model": source.model,
-            "version": f"{source.model}-{source_sha[:8]}",
-            "target": options.target,
-            "precision": options.precision,
-            "input": {"height": height, "width": width},
-            "geometry": source.geometry.model_dump(mode="json"),
-            "outputs": list(OUTPUT_NAMES),
-            "threshold": source.threshold,
-            "score_scale": source.threshold,
-            "source_bundle_sha256": source_sha,
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "files": {name: sha256_file(staging / name) for name in (MODEL_XML, MODEL_BIN)},
-        }
-        parity = _parity(model, staging / MODEL_XML, options.precision, frames, source)
-        manifest["parity"] = parity.model_dump()
-        typed = EdgeManifest.model_validate(manifest)
-        (staging / MANIFEST).write_text(yaml.safe_dump(typed.model_dump(mode="json"), sort_keys=False))
+        manifest = EdgeManifest.model_validate(
+            {
+                "format_version": EDGE_FORMAT_VERSION,
+                "model": source.model,
+                "version": f"{source.model}-{source_sha[:8]}-{options.target}-{options.precision}",
+                "target": options.target,
+                "precision": options.precision,
+                "input": {"height": geometry.height, "width": geometry.width},
+                "geometry": geometry.model_dump(mode="json"),
+                "outputs": list(OUTPUT_NAMES),
+                "threshold": source.threshold,
+                "score_scale": source.threshold,
+                "parity": parity.model_dump(),
+                "source_bundle_sha256": source_sha,
+                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "files": _baked_files(staging),
+            }
+        )
+        (staging / MANIFEST).write_text(yaml.safe_dump(manifest.model_dump(mode="json"), sort_keys=False))
         if options.out.exists():
             shutil.rmtree(options.out)
         staging.rename(options.out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return typed
+    return manifest
 
 
-def _parity(
-    model: torch.nn.Module, xml: Path, precision: str, frames: list[np.ndarray], source: ModelManifest
-) -> Parity:
-    """Torch against the baked graph run through the agent's own runtime class, per whole image."""
-    runtime = OpenVinoRuntime(xml, precision)
-    geometry = source.geometry
-    reference = predict(model, frames, geometry)
-    baked = []
-    for frame in tqdm(frames, desc="parity check", unit="img"):
+def _run_baked(runtime: Runtime, frames: list[np.ndarray], geometry: Geometry, desc: str) -> list[Combined]:
+    combined = []
+    for frame in tqdm(frames, desc=desc, unit="img"):
         prepared = prepare(frame, geometry)
         outputs = [runtime.infer(x) for x in prepared.inputs]
-        maps, scores = [o.anomaly_map for o in outputs], [o.score for o in outputs]
-        baked.append(combine(prepared, maps, scores, geometry.mode))
-    return parity_report(
-        np.array([r.score for r in reference]),
-        np.array([b.score for b in baked]),
+        combined.append(combine(prepared, [o.anomaly_map for o in outputs], [o.score for o in outputs], geometry.mode))
+    return combined
+
+
+def _scores(combined: list[Combined]) -> np.ndarray:
+    return np.array([c.score for c in combined])
+
+
+def _parity(model: nn.Module, runtime: Runtime, frames: Frames, geometry: Geometry, threshold: float) -> Parity:
+    """Torch against the baked graph, per whole image, on the validation images and the defects, when given."""
+    images = frames.validation + frames.defects
+    reference = predict(model, images, geometry)
+    baked = _run_baked(runtime, images, geometry, "parity check")
+    report = parity_report(
+        _scores(reference),
+        _scores(baked),
         np.concatenate([r.anomaly_map.ravel() for r in reference]),
         np.concatenate([b.anomaly_map.ravel() for b in baked]),
-        source.threshold,
+        threshold,
     )
+    if not frames.defects:
+        return report
+    labels = np.r_[np.zeros(len(frames.validation), bool), np.ones(len(frames.defects), bool)]
+    return report.model_copy(
+        update={
+            "defect_images": len(frames.defects),
+            "auroc_reference": image_auroc(_scores(reference), labels),
+            "auroc_baked": image_auroc(_scores(baked), labels),
+        }
+    )
+
+
+def _check_guard(parity: Parity, options: BakeOptions) -> None:
+    if options.precision == "fp32":
+        return
+    flips = 1.0 - parity.verdict_agreement
+    what = f"{options.precision} bundle refused"
+    fix = "calibrate on more, representative good images with --calib DIR, or bake --precision fp32"
+    if flips > options.guard.max_flip_rate:
+        raise BakeError(
+            f"{what}: {flips:.1%} of {parity.images} verdicts flip against torch "
+            f"(bound {options.guard.max_flip_rate:.1%}); {fix}"
+        )
+    if parity.auroc_reference is not None and parity.auroc_baked is not None:
+        drop = PERCENT * (parity.auroc_reference - parity.auroc_baked)
+        if drop > options.guard.max_auroc_drop:
+            raise BakeError(
+                f"{what}: image AUROC drops {drop:.2f} points against torch ({PERCENT * parity.auroc_reference:.2f} "
+                f"-> {PERCENT * parity.auroc_baked:.2f}; bound {options.guard.max_auroc_drop} points); {fix}"
+            )

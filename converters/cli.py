@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from converters.bake import BakeError, BakeOptions, bake
+from converters.bake import BakeError, BakeOptions, Guard, bake
 from edge_agent.console import run_cli, setup_logging
 from trainer.bundle import BundleError
 
@@ -23,21 +23,32 @@ def _root() -> None:
 def bake_command(
     bundle: Annotated[Path, typer.Argument(help="model bundle written by `trainer fit`")],
     out: Annotated[Path, typer.Option(help="edge bundle folder to write")],
-    target: Annotated[str, typer.Option(help="openvino")] = "openvino",
-    precision: Annotated[str, typer.Option(help="fp32")] = "fp32",
-    calib: Annotated[Path | None, typer.Option(help="images of good parts for the parity check")] = None,
+    target: Annotated[str, typer.Option(help="openvino | onnx | tensorrt")] = "openvino",
+    precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8 (int8: openvino)")] = "fp32",
+    calib: Annotated[
+        Path | None, typer.Option(help="images of good parts to calibrate int8 on (default: the bundle's own)")
+    ] = None,
+    defects: Annotated[
+        Path | None, typer.Option(help="images of defective parts: parity and the int8 guard also check AUROC")
+    ] = None,
+    max_auroc_drop: Annotated[float, typer.Option(min=0, help="int8/fp16 guard: AUROC points it may lose")] = 0.5,
+    max_flip_rate: Annotated[float, typer.Option(min=0, max=1, help="int8/fp16 guard: share of verdicts")] = 0.01,
 ) -> None:
     """Export the whole pipeline as one graph, check it against torch, and write the edge bundle.
 
-    Example: converter bake models/press2 --target openvino --out edge/press2
+    Example: converter bake models/press2 --target openvino --precision int8 --out edge/press2
     """
     setup_logging()
-    manifest = bake(BakeOptions(bundle, out, target, precision, calib))
+    guard = Guard(max_auroc_drop=max_auroc_drop, max_flip_rate=max_flip_rate)
+    manifest = bake(BakeOptions(bundle, out, target, precision, calib, defects, guard))
     p = manifest.parity
+    auroc = ""
+    if p.auroc_reference is not None and p.auroc_baked is not None:
+        auroc = f", AUROC {100 * p.auroc_reference:.2f} -> {100 * p.auroc_baked:.2f}"
     typer.echo(
-        f"wrote {out}: {manifest.version} {manifest.target} {manifest.precision}; parity on {p.images} images: "
-        f"max score diff {p.score_rel_diff_max:.2e} relative, spearman {p.spearman:.5f}, "
-        f"verdicts agree {p.verdict_agreement:.1%}"
+        f"wrote {out}: {manifest.version}; parity on {p.images} images: max score diff "
+        f"{p.score_rel_diff_max:.2e} relative, spearman {p.spearman:.5f}, verdicts agree {p.verdict_agreement:.1%}"
+        f"{auroc}"
     )
 
 

@@ -32,9 +32,10 @@ class EdgeInput(Strict):
 
 
 class Parity(Strict):
-    """Baked model against torch on the validation images, per whole image (after the geometry's combine)."""
+    """Baked model against torch, per whole image (after the geometry's combine), on the validation images and
+    on the labelled defects when bake was given some."""
 
-    images: int
+    images: int  # all images compared, defects included
     score_abs_diff_max: float
     score_abs_diff_mean: float
     score_rel_diff_max: float
@@ -42,13 +43,17 @@ class Parity(Strict):
     verdict_agreement: float
     map_abs_diff_max: float
     map_abs_diff_mean: float
+    # With labelled defects at bake time: image AUROC of torch and of the baked model on goods + defects.
+    defect_images: int = 0
+    auroc_reference: float | None = None
+    auroc_baked: float | None = None
 
 
 class EdgeManifest(Strict):
     format_version: int
     model: str  # model type, e.g. patchcore
     version: str  # what verdicts name as their model: type + short source hash
-    target: Literal["openvino"]
+    target: Literal["openvino", "onnx", "tensorrt"]
     precision: Literal["fp32", "fp16", "int8"]
     input: EdgeInput
     geometry: Geometry  # how frames become inputs and outputs become one map and score

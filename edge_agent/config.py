@@ -40,8 +40,12 @@ CameraConfig = Annotated[FolderCameraConfig | GenicamCameraConfig, Field(discrim
 
 class ModelConfig(Strict):
     path: Path
-    runtime: Literal["openvino", "onnxruntime"] = "openvino"
-    device: Literal["CPU", "GPU", "AUTO"] = "CPU"
+    # Unset: the runtime that runs the bundle's target (openvino for openvino, onnxruntime for onnx/tensorrt).
+    runtime: Literal["openvino", "onnxruntime"] | None = None
+    device: Literal["CPU", "GPU", "AUTO"] = "CPU"  # OpenVINO only; onnxruntime picks TensorRT, CUDA, then CPU
+    # Compiled models (OpenVINO) and TensorRT engines are cached here, so a restart skips compilation.
+    # Unset: systemd's CacheDirectory when the unit has one, else ~/.cache/edge-agent.
+    cache_dir: Path | None = None
 
 
 class MqttConfig(Strict):
@@ -123,7 +127,12 @@ def load_config(path: Path) -> AgentConfig:
     return cfg.model_copy(
         update={
             "cameras": cameras,
-            "model": cfg.model.model_copy(update={"path": _resolve(cfg.model.path, base)}),
+            "model": cfg.model.model_copy(
+                update={
+                    "path": _resolve(cfg.model.path, base),
+                    "cache_dir": None if cfg.model.cache_dir is None else _resolve(cfg.model.cache_dir, base),
+                }
+            ),
             "archive": cfg.archive.model_copy(update={"path": _resolve(cfg.archive.path, base)}),
         }
     )

@@ -14,7 +14,16 @@ log = logging.getLogger(__name__)
 
 MODEL_XML = "model.xml"
 MODEL_BIN = "model.bin"
+# int8 graphs carry their own quantized ops; everything else in them runs f32. An fp16 bundle has fp16 weights,
+# which the GPU runs in f16; CPUs without native fp16 would emulate it slower and less exactly, so they run f32.
 INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16", "int8": "f32"}
+NATIVE_FP16_DEVICES = {"GPU"}
+
+
+def inference_precision(precision: str, device: str) -> str:
+    if precision == "fp16" and device not in NATIVE_FP16_DEVICES:
+        return "f32"
+    return INFERENCE_PRECISION[precision]
 
 
 class OpenVinoRuntime:
@@ -28,7 +37,7 @@ class OpenVinoRuntime:
             core.set_property({"CACHE_DIR": str(cache_dir)})
         # One frame at a time, as soon as possible; and the precision the bundle was baked and checked for,
         # since OpenVINO would otherwise run an fp32 graph in bf16 on CPUs that have it.
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[precision]}
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": inference_precision(precision, device)}
         self._compiled = core.compile_model(str(xml), device, config)
         self._request = self._compiled.create_infer_request()
         self._map = self._compiled.output("anomaly_map")

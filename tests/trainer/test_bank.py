@@ -14,11 +14,13 @@ from trainer.models.patchcore.bank import int8_encode, pq_decode, pq_encode
 SIZE = 64
 
 
-def test_int8_codes_reconstruct_within_half_a_step() -> None:
+def test_int8_codes_reconstruct_within_half_a_step_of_their_block() -> None:
     bank = np.random.default_rng(0).normal(size=(500, 24)).astype(np.float32)
-    codes, scale = int8_encode(bank)
+    bank[:, 10:] *= 5  # a second tap with a wider range
+    codes, scale = int8_encode(bank, [10, 14])
     assert codes.dtype == np.int8 and scale.shape == (24,)
-    assert np.abs(codes * scale - bank).max() <= scale.max() / 2 + 1e-6
+    assert len(set(scale[:10])) == 1 and len(set(scale[10:])) == 1 and scale[10] > scale[0]
+    assert (np.abs(codes * scale - bank) <= scale / 2 + 1e-6).all()
 
 
 def test_pq_decode_inverts_the_encoding_on_exact_codewords() -> None:

@@ -1,11 +1,13 @@
-"""The quantized memory bank: int8 codes with per-dimension scales, or product quantization (PQ).
+"""The quantized memory bank: int8 codes with one scale per block of dimensions, or product quantization (PQ).
 
-Either way the bank is decoded to float inside `forward` (an elementwise multiply, or a gather), so the
-stored weights and the baked graph's file carry the small codes while the distance matmul stays as it was.
+int8 blocks are the backbone taps. One scale per block lets the query features be quantized the same way, so
+each block's distance matmul runs on int8 x int8 with exact integer sums (see PatchCore._distances). PQ decodes
+to float inside `forward` (a gather), so only the stored file is smaller.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 import numpy as np
@@ -18,10 +20,18 @@ KMEANS_ITERATIONS = 25
 Quantization = Literal["none", "int8", "pq"]
 
 
-def int8_encode(bank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-dimension int8: codes (N x D int8) and scales (D float32), bank ~= codes * scales."""
-    scale = np.abs(bank).max(axis=0) / INT8_MAX
-    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+def block_scales(values: np.ndarray, blocks: list[int], margin: float = 1.0) -> np.ndarray:
+    """One symmetric int8 scale per block of columns (sizes in `blocks`), covering `margin` times the largest
+    magnitude seen in the block."""
+    edges = np.cumsum([0, *blocks])
+    peaks = [float(np.abs(values[:, lo:hi]).max(initial=0.0)) for lo, hi in itertools.pairwise(edges)]
+    return np.array([margin * p / INT8_MAX if p > 0 else 1.0 for p in peaks], dtype=np.float32)
+
+
+def int8_encode(bank: np.ndarray, blocks: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 with one scale per block of dimensions: codes (N x D int8) and per-dimension scales
+    (D float32, constant within a block), bank ~= codes * scales."""
+    scale = np.repeat(block_scales(bank, blocks), blocks)
     codes = np.clip(np.round(bank / scale), -INT8_MAX, INT8_MAX).astype(np.int8)
     return codes, scale
 

@@ -21,7 +21,7 @@ from torch import nn
 from trainer.acceleration import batched_features
 from trainer.backbones.efficientnet_lite import efficientnet_lite0
 from trainer.models.fit_result import FitResult
-from trainer.models.patchcore.bank import Quantization, int8_encode, pq_decode, pq_encode
+from trainer.models.patchcore.bank import Quantization, block_scales, int8_encode, pq_decode, pq_encode
 from trainer.models.patchcore.coreset import greedy_coreset
 from trainer.models.prediction import Prediction
 
@@ -32,6 +32,10 @@ NEIGHBOURHOOD = 3
 FLOAT_BYTES = 4
 # Added to the squared distance of a hidden bank entry: far beyond any real feature distance.
 HIDDEN_DISTANCE = 1e12
+# int8 query features cover this many times the largest training feature, so a defect's unusually strong
+# features are still told apart instead of being clipped to the normal range.
+QUERY_RANGE_MARGIN = 2.0
+INT8_LOW, INT8_HIGH = -128, 127
 VALIDATION_BATCH = 8
 
 
@@ -72,6 +76,7 @@ class PatchCore(nn.Module):
     bank_float: torch.Tensor
     bank_codes: torch.Tensor
     bank_scale: torch.Tensor
+    query_scale: torch.Tensor
     bank_codebooks: torch.Tensor
     bank_neighbours: torch.Tensor
     blur_kernel: torch.Tensor
@@ -81,13 +86,15 @@ class PatchCore(nn.Module):
         self.recipe = recipe
         self.backbone = efficientnet_lite0()
         self.backbone.requires_grad_(False)
-        self.feature_dim = sum(self.backbone.block_channels[t] for t in recipe.taps)
+        self.blocks = [self.backbone.block_channels[t] for t in recipe.taps]
+        self.feature_dim = sum(self.blocks)
         # Only the buffers of the chosen quantization exist, so the weights file holds just the codes.
         if recipe.bank_quantization == "none":
             self.register_buffer("bank_float", torch.zeros(0, self.feature_dim))
         elif recipe.bank_quantization == "int8":
             self.register_buffer("bank_codes", torch.zeros(0, self.feature_dim, dtype=torch.int8))
             self.register_buffer("bank_scale", torch.ones(self.feature_dim))
+            self.register_buffer("query_scale", torch.ones(len(self.blocks)))
         else:
             subspaces = self.feature_dim // recipe.pq_subvector_dim
             self.register_buffer("bank_codes", torch.zeros(0, subspaces, dtype=torch.uint8))
@@ -147,6 +154,24 @@ class PatchCore(nn.Module):
         dist = to_bank.gather(1, support).sqrt()
         return 1 - torch.softmax(dist, dim=1)[:, 0]
 
+    def _distances(self, patches: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+        """Squared L2 from every patch to every bank entry. With the int8 bank, the patch features are quantized
+        per block too, and every term comes from the same quantized values: the matmul then runs int8 x int8 in
+        the baked graph with exact integer sums, and the distances are exact for the quantized features."""
+        if self.recipe.bank_quantization != "int8":
+            return squared_distances(patches, bank)
+        total = torch.zeros(())
+        start = 0
+        for k, width in enumerate(self.blocks):
+            # A Python float: exporters turn this into a static FakeQuantize / QuantizeLinear pair.
+            scale = float(self.query_scale[k])
+            query = torch.fake_quantize_per_tensor_affine(
+                patches[:, start : start + width], scale, 0, INT8_LOW, INT8_HIGH
+            )
+            total = total + squared_distances(query, bank[:, start : start + width])
+            start += width
+        return total
+
     def forward(self, image: torch.Tensor) -> Prediction:
         return self._predict(self.embed(image), (image.shape[1], image.shape[2]))
 
@@ -156,7 +181,7 @@ class PatchCore(nn.Module):
         n, d, h, w = feats.shape
         patches = feats.permute(0, 2, 3, 1).reshape(-1, d)
         bank = self.memory_bank()
-        distances = squared_distances(patches, bank)
+        distances = self._distances(patches, bank)
         hide = None if hidden is None else hidden.float() * HIDDEN_DISTANCE
         if hide is not None:
             distances = distances + hide.repeat_interleave(h * w, dim=0)
@@ -198,7 +223,7 @@ class PatchCore(nn.Module):
         chosen = greedy_coreset(candidates, k, self.recipe.projection_dim, self.recipe.seed)
         bank = np.ascontiguousarray(candidates[chosen], dtype=np.float32)
         selected = time.perf_counter()
-        self.set_bank(bank)
+        self.set_bank(bank, features)
         quantized = time.perf_counter()
         # Group of every bank entry: -1 for training images, else its validation input's group.
         groups = np.arange(len(val_images)) if val_groups is None else np.asarray(val_groups)
@@ -231,14 +256,16 @@ class PatchCore(nn.Module):
             return Prediction(torch.zeros(0, 1, *size), torch.zeros(0))
         return Prediction(torch.cat([p.anomaly_map for p in parts]), torch.cat([p.score for p in parts]))
 
-    def set_bank(self, bank: np.ndarray) -> None:
-        """Store a float N x D bank in the recipe's form, with each entry's neighbour table for reweighting."""
+    def set_bank(self, bank: np.ndarray, features: np.ndarray) -> None:
+        """Store a float N x D bank in the recipe's form, with each entry's neighbour table for reweighting.
+        `features` are the training patch features, whose range sets the int8 query scales."""
         q = self.recipe.bank_quantization
         if q == "none":
             self.bank_float = torch.from_numpy(bank)
         elif q == "int8":
-            codes, scale = int8_encode(bank)
+            codes, scale = int8_encode(bank, self.blocks)
             self.bank_codes, self.bank_scale = torch.from_numpy(codes), torch.from_numpy(scale)
+            self.query_scale = torch.from_numpy(block_scales(features, self.blocks, QUERY_RANGE_MARGIN))
         else:
             codebooks, codes = pq_encode(bank, self.recipe.pq_subvector_dim, self.recipe.seed)
             self.bank_codebooks, self.bank_codes = torch.from_numpy(codebooks), torch.from_numpy(codes)

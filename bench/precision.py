@@ -1,0 +1,91 @@
+"""What baking costs in accuracy: image AUROC of torch, OpenVINO fp32 and OpenVINO int8 on the same test images,
+with the int8 bake's parity against torch (as bake writes it into the edge manifest).
+
+    .venv/bin/python bench/precision.py
+
+    .venv/bin/python bench/precision.py --datasets elpv-mono --seed 1
+
+Data sets as in bench/accuracy.py. int8 is calibrated on the bundle's validation images (bake's default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from accuracy import DATASETS, data_for, parse_datasets
+
+from converters.bake import BakeError, BakeOptions, bake
+from edge_agent.bundle import load_edge_bundle
+from edge_agent.config import ModelConfig
+from edge_agent.geometry import combine, prepare
+from edge_agent.runtimes import make_runtime
+from trainer.bundle import load_bundle
+from trainer.data.layouts import discover
+from trainer.fit import FitOptions, fit
+from trainer.metrics import image_auroc
+from trainer.models import REGISTRY
+from trainer.predict import predict_scores, read_frames
+
+PERCENT = 100.0
+PRECISIONS = ("fp32", "int8")
+
+
+def baked_scores(edge: Path, frames: list[np.ndarray], cache: Path) -> np.ndarray:
+    bundle = load_edge_bundle(edge)
+    runtime = make_runtime(bundle, ModelConfig(path=edge, cache_dir=cache))
+    geometry = bundle.manifest.geometry
+    scores = []
+    for frame in frames:
+        prepared = prepare(frame, geometry)
+        out = [runtime.infer(x) for x in prepared.inputs]
+        scores.append(combine(prepared, [o.anomaly_map for o in out], [o.score for o in out], geometry.mode).score)
+    return np.array(scores)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", type=parse_datasets, default=list(DATASETS[:3]), help=",".join(DATASETS))
+    parser.add_argument("--models", default=",".join(sorted(REGISTRY)))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(
+        "| model | data set | torch AUROC % | OV fp32 AUROC % | OV int8 AUROC % | int8 vs torch (points) "
+        "| int8 parity: spearman | verdicts agree | images |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for model_name in args.models.split(","):
+            for name in args.datasets:
+                data = data_for(name, root, args.seed)
+                dataset = discover(data)
+                bundle = root / f"{model_name}-{name}"
+                fit(FitOptions(data=data, model=model_name, out=bundle, seed=args.seed))
+                model, manifest = load_bundle(bundle)
+                frames, kept, _ = read_frames(s.path for s in dataset.test)
+                label_of = {s.path: s.is_defect for s in dataset.test}
+                labels = np.array([label_of[p] for p in kept])
+                auroc = {"torch": image_auroc(predict_scores(model, frames, manifest.geometry), labels)}
+                parity = None
+                try:
+                    for precision in PRECISIONS:
+                        edge = root / f"{model_name}-{name}-{precision}"
+                        parity = bake(BakeOptions(bundle=bundle, out=edge, precision=precision)).parity
+                        auroc[precision] = image_auroc(baked_scores(edge, frames, root / "cache"), labels)
+                except BakeError as refused:
+                    print(f"| {model_name} | {name} | {PERCENT * auroc['torch']:.2f} | {refused} |||||", flush=True)
+                    continue
+                assert parity is not None
+                print(
+                    f"| {model_name} | {name} | {PERCENT * auroc['torch']:.2f} | {PERCENT * auroc['fp32']:.2f} | "
+                    f"{PERCENT * auroc['int8']:.2f} | {PERCENT * (auroc['int8'] - auroc['torch']):+.2f} | "
+                    f"{parity.spearman:.4f} | {parity.verdict_agreement:.1%} | {parity.images} |",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()

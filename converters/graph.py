@@ -1,0 +1,26 @@
+"""The whole-pipeline graph every target exports: uint8 N x H x W x 3 pixels in, anomaly map and score out."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("anomaly_map", "score")
+
+
+class TupleOutputs(nn.Module):
+    """Returns the Prediction as a plain tuple, which every exporter understands."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        prediction = self.model(image)
+        return prediction.anomaly_map, prediction.score
+
+
+def example_input(height: int, width: int) -> torch.Tensor:
+    """Batch 1: the agent decides frame by frame, and static shapes let every runtime plan the graph ahead."""
+    return torch.zeros(1, height, width, 3, dtype=torch.uint8)

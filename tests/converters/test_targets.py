@@ -1,0 +1,94 @@
+"""Every registry model, baked for every CPU target, through the agent's own runtime classes against torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nncf
+import numpy as np
+import openvino as ov
+import pytest
+import torch
+from pipeline import TEST_SIZE, Pipeline
+
+import converters.bake
+from converters.bake import BakeError, BakeOptions, Guard, bake
+from edge_agent.bundle import load_edge_bundle
+from edge_agent.config import ModelConfig
+from edge_agent.geometry import Geometry, prepare
+from edge_agent.imageio import list_images, read_image
+from edge_agent.runtimes import make_runtime
+from trainer.bundle import load_bundle
+from trainer.fit import FitOptions, fit
+from trainer.models import REGISTRY
+
+FP32_REL_TOLERANCE = 1e-3
+FP32_MIN_SPEARMAN = 0.9999
+FP16_REL_TOLERANCE = 1e-2
+# The goal is 0.99 (bench/int8.py measures it on real data); on this tiny set the goods' scores lie so close
+# together that int8 noise swaps a few of them, which is all this bound lets through.
+INT8_MIN_SPEARMAN_TINY = 0.85
+INT8_MIN_AGREEMENT = 0.99
+TARGETS = [("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "int8"), ("onnx", "fp32")]
+
+
+@pytest.fixture(scope="module", params=sorted(REGISTRY))
+def bundle(request: pytest.FixtureRequest, pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    name: str = request.param
+    if name == "patchcore":
+        return pipeline.model
+    out = tmp_path_factory.mktemp(name) / "model"
+    recipe = out.parent / "recipe.yaml"
+    recipe.write_text(f"input_size: [{TEST_SIZE}, {TEST_SIZE}]\n")
+    fit(FitOptions(data=pipeline.data, model=name, out=out, recipe=recipe))
+    return out
+
+
+@pytest.mark.parametrize(("target", "precision"), TARGETS)
+def test_baked_model_follows_torch_in_the_agent_runtime(
+    bundle: Path, pipeline: Pipeline, tmp_path: Path, target: str, precision: str
+) -> None:
+    edge = tmp_path / "edge"
+    defects = pipeline.data / "test" / "scratch"
+    manifest = bake(BakeOptions(bundle=bundle, out=edge, target=target, precision=precision, defects=defects))
+    parity = manifest.parity
+    if precision == "int8":
+        assert parity.spearman >= INT8_MIN_SPEARMAN_TINY
+        assert parity.verdict_agreement >= INT8_MIN_AGREEMENT
+        assert parity.auroc_baked == parity.auroc_reference
+    else:
+        assert parity.score_rel_diff_max <= (FP16_REL_TOLERANCE if precision == "fp16" else FP32_REL_TOLERANCE)
+        assert parity.spearman >= FP32_MIN_SPEARMAN
+    # Another defect type, outside the bake's parity set, on the agent's runtime as the bundle picks it.
+    runtime = make_runtime(load_edge_bundle(edge), ModelConfig(path=edge, cache_dir=tmp_path / "cache"))
+    model, _ = load_bundle(bundle)
+    geometry = Geometry(height=TEST_SIZE, width=TEST_SIZE)
+    images = [prepare(read_image(p), geometry).inputs[0] for p in list_images(pipeline.data / "test" / "spot")]
+    with torch.no_grad():
+        reference = model(torch.from_numpy(np.stack(images))).score.numpy()
+    baked = np.array([runtime.infer(image).score for image in images])
+    tolerance = 0.1 if precision == "int8" else (FP16_REL_TOLERANCE if precision == "fp16" else FP32_REL_TOLERANCE)
+    np.testing.assert_allclose(baked, reference, rtol=tolerance)
+
+
+def test_int8_guard_refuses_a_broken_quantization(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plain NNCF PTQ of every layer, calibrated on blank images, wrecks PatchCore's features; the guard must
+    refuse it. (Bake's own int8 scope keeps verdicts even on blank calibration, so it cannot be the culprit.)"""
+
+    def everything_on_blank_images(model: ov.Model, calibration: np.ndarray) -> ov.Model:
+        blank = [np.zeros_like(calibration[:1])] * 4
+        return nncf.quantize(model, nncf.Dataset(blank), subset_size=len(blank))
+
+    monkeypatch.setattr(converters.bake, "quantize_openvino", everything_on_blank_images)
+    out = tmp_path / "edge"
+    defects = pipeline.data / "test" / "scratch"
+    with pytest.raises(BakeError, match=r"int8 bundle refused: .*(flip|AUROC drops)"):
+        bake(BakeOptions(bundle=pipeline.model, out=out, precision="int8", defects=defects, guard=Guard()))
+    assert not out.exists()
+
+
+def test_precision_a_target_cannot_run_is_refused(pipeline: Pipeline, tmp_path: Path) -> None:
+    with pytest.raises(BakeError, match="int8 is baked for OpenVINO"):
+        bake(BakeOptions(bundle=pipeline.model, out=tmp_path / "e", target="onnx", precision="int8"))
