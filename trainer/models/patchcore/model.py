@@ -154,13 +154,14 @@ class PatchCore(nn.Module):
         dist = to_bank.gather(1, support).sqrt()
         return 1 - torch.softmax(dist, dim=1)[:, 0]
 
-    def _distances(self, patches: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-        """Squared L2 from every patch to every bank entry. With the int8 bank, the patch features are quantized
-        per block too, and every term comes from the same quantized values: the matmul then runs int8 x int8 in
-        the baked graph with exact integer sums, and the distances are exact for the quantized features."""
+    def _blocks(self, patches: torch.Tensor, bank: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(queries, bank) pairs whose squared distances add up to the patch-to-bank distances. With the int8
+        bank there is one pair per tap, the queries quantized with the tap's scale: every distance term then
+        comes from the same quantized values, the matmul runs int8 x int8 in the baked graph with exact integer
+        sums, and the distances are exact for the quantized features."""
         if self.recipe.bank_quantization != "int8":
-            return squared_distances(patches, bank)
-        total = torch.zeros(())
+            return [(patches, bank)]
+        pairs = []
         start = 0
         for k, width in enumerate(self.blocks):
             # A Python float: exporters turn this into a static FakeQuantize / QuantizeLinear pair.
@@ -168,9 +169,22 @@ class PatchCore(nn.Module):
             query = torch.fake_quantize_per_tensor_affine(
                 patches[:, start : start + width], scale, 0, INT8_LOW, INT8_HIGH
             )
-            total = total + squared_distances(query, bank[:, start : start + width])
+            pairs.append((query, bank[:, start : start + width]))
             start += width
-        return total
+        return pairs
+
+    def _nearest_squared(self, patches: torch.Tensor, bank: torch.Tensor, hide: torch.Tensor | None) -> torch.Tensor:
+        """Squared L2 from each patch to its nearest bank entry. The arg-min only needs |b|^2 - 2ab, which the
+        runtime computes as the matmul's own output stage; |a|^2 is added once per patch after the min."""
+        pairs = self._blocks(patches, bank)
+        partial = torch.zeros(())
+        own = torch.zeros(())
+        for q, b in pairs:
+            partial = partial + ((b * b).sum(-1) - 2 * (q @ b.transpose(0, 1)))
+            own = own + (q * q).sum(-1)
+        if hide is not None:
+            partial = partial + hide
+        return (partial.min(dim=1).values + own).clamp_min(0)
 
     def forward(self, image: torch.Tensor) -> Prediction:
         return self._predict(self.embed(image), (image.shape[1], image.shape[2]))
@@ -181,11 +195,9 @@ class PatchCore(nn.Module):
         n, d, h, w = feats.shape
         patches = feats.permute(0, 2, 3, 1).reshape(-1, d)
         bank = self.memory_bank()
-        distances = self._distances(patches, bank)
         hide = None if hidden is None else hidden.float() * HIDDEN_DISTANCE
-        if hide is not None:
-            distances = distances + hide.repeat_interleave(h * w, dim=0)
-        nearest_sq = distances.min(dim=1).values
+        per_patch_hide = None if hide is None else hide.repeat_interleave(h * w, dim=0)
+        nearest_sq = self._nearest_squared(patches, bank, per_patch_hide)
         amap = nearest_sq.sqrt().reshape(n, 1, h, w)
         amap = F.interpolate(amap, size=size, mode="bilinear", align_corners=False)
         amap = self._blur(amap)
