@@ -16,7 +16,8 @@ WORKSPACE_BYTES = 1 << 30
 BUILD_TIMEOUT_S = 1800
 NOT_INSTALLED = (
     "TensorRT is not installed here, so no engine was built; the bundle carries model.onnx, and the agent's "
-    "onnxruntime backend builds the engine on the target with its TensorRT provider and caches it"
+    "onnxruntime backend builds the engine on the target with its TensorRT provider and caches it. Parity was "
+    "checked on the providers this machine has"
 )
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import nncf
 import numpy as np
+import onnxruntime as ort
 import openvino as ov
 import pytest
 import torch
@@ -13,11 +14,13 @@ from pipeline import TEST_SIZE, Pipeline
 
 import converters.bake
 from converters.bake import BakeError, BakeOptions, Guard, bake
+from converters.tensorrt import tensorrt_available
 from edge_agent.bundle import load_edge_bundle
 from edge_agent.config import ModelConfig
 from edge_agent.geometry import Geometry, prepare
 from edge_agent.imageio import list_images, read_image
 from edge_agent.runtimes import make_runtime
+from edge_agent.runtimes.onnxruntime import TENSORRT, OnnxRuntime
 from trainer.bundle import load_bundle
 from trainer.fit import FitOptions, fit
 from trainer.models import REGISTRY
@@ -92,3 +95,29 @@ def test_int8_guard_refuses_a_broken_quantization(
 def test_precision_a_target_cannot_run_is_refused(pipeline: Pipeline, tmp_path: Path) -> None:
     with pytest.raises(BakeError, match="int8 is baked for OpenVINO"):
         bake(BakeOptions(bundle=pipeline.model, out=tmp_path / "e", target="onnx", precision="int8"))
+
+
+def test_tensorrt_target_without_tensorrt_still_writes_a_runnable_bundle(
+    pipeline: Pipeline, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    if tensorrt_available():
+        pytest.skip("TensorRT is installed here; the GPU test covers the engine build")
+    edge = tmp_path / "edge"
+    manifest = bake(BakeOptions(bundle=pipeline.model, out=edge, target="tensorrt", precision="fp16"))
+    assert "TensorRT is not installed here" in caplog.text
+    assert set(manifest.files) == {"model.onnx"}
+    runtime = make_runtime(load_edge_bundle(edge), ModelConfig(path=edge, cache_dir=tmp_path / "cache"))
+    assert runtime.infer(np.zeros((TEST_SIZE, TEST_SIZE, 3), np.uint8)).anomaly_map.shape == (TEST_SIZE, TEST_SIZE)
+
+
+@pytest.mark.skipif(
+    not tensorrt_available() or TENSORRT not in ort.get_available_providers(),
+    reason="needs an NVIDIA GPU with TensorRT and onnxruntime-gpu",
+)
+def test_tensorrt_engine_builds_and_the_agent_runs_on_the_gpu(pipeline: Pipeline, tmp_path: Path) -> None:
+    edge = tmp_path / "edge"
+    manifest = bake(BakeOptions(bundle=pipeline.model, out=edge, target="tensorrt", precision="fp16"))
+    assert "model.engine" in manifest.files
+    assert manifest.parity.spearman >= FP32_MIN_SPEARMAN - 1e-3
+    runtime = make_runtime(load_edge_bundle(edge), ModelConfig(path=edge, cache_dir=tmp_path / "cache"))
+    assert isinstance(runtime, OnnxRuntime) and runtime.providers[0] == TENSORRT
