@@ -51,7 +51,12 @@ def write_config(broker: Broker, replay: Path, edge: Path) -> Path:
             "gige0": {"source": "genicam", "cti": "viky", "device": 0, "trigger": "free-run"},
         },
         "model": {"path": str(edge.resolve()), "runtime": "openvino", "device": "CPU"},
-        "mqtt": {"host": broker.host, "port": broker.port, "topic_prefix": PREFIX},
+        "mqtt": {
+            "host": broker.host,
+            "port": broker.port,
+            "topic_prefix": PREFIX,
+            "store_dir": str((OUT / "outbox").resolve()),
+        },
         "reject": {"deadline_ms": 100},
         "archive": {"path": str((OUT / "archive").resolve())},
     }

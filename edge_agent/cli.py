@@ -25,6 +25,7 @@ from edge_agent.console import run_cli, setup_logging
 from edge_agent.errors import AgentError, CameraUnavailable
 from edge_agent.loop import InspectionLoop, LoopOptions, ModelInfo, RunSummary
 from edge_agent.publish.mqtt import MqttPublisher
+from edge_agent.publish.store import SqliteStore, store_path
 from edge_agent.runtimes import make_runtime
 from edge_agent.verdict import ERROR, OK, REJECT
 
@@ -90,42 +91,53 @@ def run_command(
     bundle = load_edge_bundle(cfg.model.path)
     manifest = bundle.manifest
     runtime = make_runtime(bundle, cfg.model)
-    cam = make_camera(camera, cam_cfg)
-    try:
-        cam.open()
-    except CameraUnavailable as exc:
-        # A camera powered up after the PC is normal on a line: keep trying instead of exiting.
-        log.error("%s; will keep trying", exc)
-    stop = threading.Event()
-    _install_signal_handlers(stop)
-    archive = Archive(cfg.archive.path) if cfg.archive.enabled else None
-    publisher = MqttPublisher(cfg.mqtt, cfg.station, manifest.version)
-    publisher.start()
-    model = ModelInfo(manifest.version, manifest.threshold, manifest.score_scale, manifest.geometry)
-    grab_timeout_s, frame_timeout_s = _camera_timeouts(cam_cfg)
-    options = LoopOptions(
-        max_frames=max_frames,
-        deadline_ms=cfg.reject.deadline_ms,
-        error_is_reject=cfg.reject.error_is_reject,
-        queue_size=cam_cfg.queue_size,
-        flush_timeout_s=cfg.mqtt.flush_timeout_s,
-        stats_interval_s=cfg.metrics.stats_interval_s,
-        grab_timeout_s=grab_timeout_s,
-        frame_timeout_s=frame_timeout_s,
-    )
-    where = f"{cfg.mqtt.host}:{cfg.mqtt.port}"
-    log.info("ready: camera '%s', model %s, publishing to %s", camera, manifest.version, where)
-    try:
-        summary = InspectionLoop(cam, runtime, publisher, model, options, archive).run(stop)
-    finally:
-        cam.close()
-        if archive is not None:
-            archive.close()
-    undelivered = publisher.pending()
-    publisher.stop()
+    outbox = store_path(cfg.mqtt, camera)
+    with SqliteStore(outbox, cfg.mqtt.store_max_messages) as store:
+        cam = make_camera(camera, cam_cfg)
+        try:
+            cam.open()
+        except CameraUnavailable as exc:
+            # A camera powered up after the PC is normal on a line: keep trying instead of exiting.
+            log.error("%s; will keep trying", exc)
+        stop = threading.Event()
+        _install_signal_handlers(stop)
+        archive = Archive(cfg.archive.path) if cfg.archive.enabled else None
+        publisher = MqttPublisher(
+            cfg.mqtt, cfg.station, manifest.version, store, reject_deadline_ms=cfg.reject.deadline_ms
+        )
+        # Stopped before the store closes, on every path: its sender thread reads the store.
+        try:
+            publisher.start()
+            model = ModelInfo(manifest.version, manifest.threshold, manifest.score_scale, manifest.geometry)
+            grab_timeout_s, frame_timeout_s = _camera_timeouts(cam_cfg)
+            options = LoopOptions(
+                max_frames=max_frames,
+                deadline_ms=cfg.reject.deadline_ms,
+                error_is_reject=cfg.reject.error_is_reject,
+                queue_size=cam_cfg.queue_size,
+                flush_timeout_s=cfg.mqtt.flush_timeout_s,
+                stats_interval_s=cfg.metrics.stats_interval_s,
+                grab_timeout_s=grab_timeout_s,
+                frame_timeout_s=frame_timeout_s,
+            )
+            where = f"{cfg.mqtt.host}:{cfg.mqtt.port}"
+            log.info("ready: camera '%s', model %s, publishing to %s", camera, manifest.version, where)
+            try:
+                summary = InspectionLoop(cam, runtime, publisher, model, options, archive).run(stop)
+            finally:
+                cam.close()
+                if archive is not None:
+                    archive.close()
+            undelivered = publisher.pending()
+        finally:
+            publisher.stop()
     _report(camera, summary, cfg, archive)
     if not summary.delivered:
-        typer.echo(f"error: {undelivered} MQTT message(s) were not acknowledged by the broker", err=True)
+        typer.echo(
+            f"error: {undelivered} MQTT message(s) were not acknowledged by the broker; "
+            f"they stay in {outbox} and are sent at the next start",
+            err=True,
+        )
         raise typer.Exit(UNDELIVERED_EXIT)
 
 

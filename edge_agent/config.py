@@ -55,6 +55,10 @@ class MqttConfig(Strict):
     client_id: str | None = None
     keepalive_s: int = Field(default=30, ge=5)
     flush_timeout_s: float = Field(default=10.0, gt=0, description="how long a clean stop waits for delivery")
+    # The outbox: verdicts wait in outbox-<camera>.sqlite in this folder until the broker acknowledged them,
+    # across broker outages and agent restarts. Unset: systemd's StateDirectory, else ~/.local/state/edge-agent.
+    store_dir: Path | None = None
+    store_max_messages: int = Field(default=100_000, ge=1, description="outbox bound; when full the oldest go")
 
 
 class RejectConfig(Strict):
@@ -132,6 +136,9 @@ def load_config(path: Path) -> AgentConfig:
                     "path": _resolve(cfg.model.path, base),
                     "cache_dir": None if cfg.model.cache_dir is None else _resolve(cfg.model.cache_dir, base),
                 }
+            ),
+            "mqtt": cfg.mqtt.model_copy(
+                update={"store_dir": None if cfg.mqtt.store_dir is None else _resolve(cfg.mqtt.store_dir, base)}
             ),
             "archive": cfg.archive.model_copy(update={"path": _resolve(cfg.archive.path, base)}),
         }

@@ -1,8 +1,16 @@
 """Verdicts to an MQTT broker with paho-mqtt v2 (topics and payloads: DESIGN.md, "The agent").
 
-paho keeps every QoS 1 message in memory until the broker acknowledges it, and sends again after a
-reconnect what was published while the broker was away, so `publish` never waits for the network.
-`flush` is where a caller waits for delivery.
+Store and forward. `publish` appends a verdict's messages to the outbox (a `VerdictStore`, a file in
+production) and returns. A sender thread hands them to paho oldest first, at most `max_inflight` at a time
+and only while connected, and deletes each from the outbox once the broker has acknowledged it (PUBACK).
+A message the broker never acknowledged is still in the outbox after a crash or restart, and is sent again
+then (MQTT QoS 1: at least once).
+
+Order: rows go to paho in id order. After a reconnect paho first resends what was in flight, and the sender
+waits until that is acknowledged before it hands over anything newer, so the broker sees the outbox order.
+
+Threads: the loop's thread only appends (a local write, no fsync) and never touches the network. Paho's
+network thread only records acknowledgements. The sender thread does the rest.
 """
 
 from __future__ import annotations
@@ -14,18 +22,30 @@ import threading
 import time
 from typing import Any
 
-from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessageInfo
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.config import MqttConfig
+from edge_agent.publish.store import (
+    REJECT_MESSAGE,
+    VERDICT_MESSAGE,
+    Message,
+    StoreError,
+    VerdictStore,
+    log_due,
+)
 from edge_agent.verdict import Verdict
 
 log = logging.getLogger(__name__)
 
 ONLINE = "online"
 OFFLINE = "offline"
+VERDICT_QOS = 1
+STORE_RETRY_S = 1.0  # after a failed outbox read or delete (disk full, I/O error)
+# Rows read per outbox query: a read holds the store's lock, which the loop's `publish` also needs.
+PEEK_BATCH = 100
 
 
 class MqttPublisher:
@@ -36,7 +56,9 @@ class MqttPublisher:
         config: MqttConfig,
         station: str,
         model: str,
+        store: VerdictStore,
         *,
+        reject_deadline_ms: float,
         connect_wait_s: float = 3.0,
         stop_wait_s: float = 2.0,
         max_inflight: int = 1000,
@@ -45,28 +67,39 @@ class MqttPublisher:
         self.station = station
         self.model = model
         self.client_id = config.client_id or f"edge-agent-{station}-{os.getpid()}"
+        self._store = store
+        self._reject_deadline_s = reject_deadline_ms / 1000
         self._connect_wait_s = connect_wait_s
         self._stop_wait_s = stop_wait_s
+        self._max_inflight = max_inflight
         base = f"{config.topic_prefix}/{station}"
         self.status_topic = f"{base}/status"
         self.stats_topic = f"{base}/stats"
         self._base = base
 
-        # Delivery bookkeeping. paho can acknowledge a message (on_publish, network thread) before
-        # `Client.publish` has returned its mid to us, so an ack for a mid we don't know yet goes to
-        # `_acked_early` and `_track` settles it. Our lock is never held while calling into paho: paho
-        # holds its own message lock while calling on_publish, which then takes ours.
+        # Everything below is guarded by `_lock`, which is never held while calling into paho or the store:
+        # paho holds its own message lock while calling on_publish, which then takes ours.
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._unacked: dict[int, int] = {}  # mid -> qos, of messages paho has accepted and not yet confirmed
-        self._acked_early: set[int] = set()
-        self._qos1_unacked = 0
-        self._dropped = 0
+        # Paho may acknowledge a message before `Client.publish` has returned its mid to the caller, so
+        # on_publish only queues the mid; the sender thread matches it once it has recorded what it sent.
+        self._acks: list[int] = []
+        self._row_of_mid: dict[int, int] = {}  # outbox rows handed to paho and not yet acknowledged
+        self._status_mids: set[int] = set()  # QoS 1 status messages not yet acknowledged
+        self._done_rows: list[int] = []  # acknowledged or expired, to delete from the outbox
+        self._last_handed = 0  # id of the newest row handed to paho (or skipped as expired)
+        self._appends = 0  # bumped by `publish`, so the sender knows there may be more to read
+        self._drained_at = -1  # `_appends` when the sender last found nothing more to send
+        self._resending = False  # after a reconnect, until paho's resent in-flight messages are acknowledged
+        self._connected_at = 0.0  # wall time of the current connection: older rows are a replay
+        self._expired_rejects = 0
+        self._stopping = False
 
         self._connected = threading.Event()
         self._first_attempt = threading.Event()
         self._started = False
         self._stopped = False
+        self._sender = threading.Thread(target=self._send_loop, name="mqtt-outbox", daemon=True)
 
         client = Client(
             CallbackAPIVersion.VERSION2,
@@ -81,7 +114,7 @@ class MqttPublisher:
         client.will_set(self.status_topic, OFFLINE, qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.max_inflight_messages_set(max_inflight)
-        client.max_queued_messages_set(0)  # 0 = unlimited: nothing is dropped while the broker is away
+        client.max_queued_messages_set(0)  # 0 = unlimited; the sender bounds what paho holds
         self._client = client
 
     # -- Publisher protocol ------------------------------------------------------------------------
@@ -89,54 +122,68 @@ class MqttPublisher:
     def start(self) -> None:
         """Connect in the background; return once connected, or after `connect_wait_s` or a first failed try.
 
-        A broker that is down at start is not an error: paho keeps retrying (1 s to 30 s backoff) and
-        everything published meanwhile is sent once it connects.
+        A broker that is down at start is not an error: paho keeps retrying (1 s to 30 s backoff), and the
+        outbox, including what an earlier run left in it, is sent once it connects.
         """
         if self._started:
             return
         self._started = True
         where = f"{self.config.host}:{self.config.port}"
+        backlog = self._store.count()
+        if backlog:
+            log.info("MQTT outbox holds %d message(s) from an earlier run; sending them first", backlog)
+        self._sender.start()
         self._client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive_s)
         self._client.loop_start()
         self._first_attempt.wait(self._connect_wait_s)
         if not self._connected.is_set():
-            log.warning("MQTT broker %s not reachable yet; retrying in the background, verdicts are queued", where)
+            log.warning("MQTT broker %s not reachable yet; retrying in the background, verdicts are kept", where)
 
     def publish(self, verdict: Verdict) -> None:
+        """Append the verdict (and its reject) to the outbox; the sender thread delivers them."""
         if self._stopped:
             raise RuntimeError("MqttPublisher.publish called after stop()")
+        now = time.time()
         if verdict.published_at is None:
-            verdict.published_at = time.time()
+            verdict.published_at = now
         camera_base = f"{self._base}/{verdict.camera}"
+        messages: list[Message] = []
         if verdict.is_reject:
             # First: the PLC waits on this one, with a deadline.
-            self._publish(f"{camera_base}/reject", verdict.reject_payload(), qos=1)
-        self._publish(f"{camera_base}/verdict", verdict.payload(), qos=1)
+            deadline = verdict.captured_at + self._reject_deadline_s
+            messages.append(Message(f"{camera_base}/reject", verdict.reject_payload(), REJECT_MESSAGE, now, deadline))
+        messages.append(Message(f"{camera_base}/verdict", verdict.payload(), VERDICT_MESSAGE, now))
+        self._store.append(messages)
+        with self._changed:
+            self._appends += 1
+            self._changed.notify_all()
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until the broker has acknowledged every QoS 1 message published so far; False on timeout."""
-        deadline = time.monotonic() + timeout_s
         with self._changed:
-            while self._qos1_unacked > 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    log.warning(
-                        "MQTT flush: %d message(s) still unacknowledged after %.1f s", self._qos1_unacked, timeout_s
-                    )
-                    return False
-                self._changed.wait(remaining)
-        return True
+            if self._changed.wait_for(lambda: self._pending() == 0, timeout_s):
+                return True
+            waiting = self._pending()
+        log.warning("MQTT flush: %d message(s) still unacknowledged after %.1f s", waiting, timeout_s)
+        return False
 
     def stop(self) -> None:
-        """Say `offline` (retained), disconnect cleanly and stop the network thread. Safe to call twice."""
+        """Stop sending, say `offline` (retained), disconnect cleanly. Unsent messages stay in the outbox."""
         if self._stopped:
             return
         self._stopped = True
         if not self._started:
             return
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+        self._sender.join()
+        # From here on this thread is the only one that publishes or reads `_acks`.
         if self._connected.is_set():
-            info = self._publish(self.status_topic, OFFLINE.encode(), qos=1, retain=True)
-            if info is not None and not self._wait_for(info.mid, self._stop_wait_s):
+            info = self._client.publish(self.status_topic, OFFLINE.encode(), qos=1, retain=True)
+            with self._changed:
+                acked = self._changed.wait_for(lambda: info.mid in self._acks, self._stop_wait_s)
+            if not acked:
                 log.warning("MQTT: 'offline' status not acknowledged within %.1f s", self._stop_wait_s)
         # Without a connection there is nothing to say: the broker publishes the will once it notices.
         # Some brokers (amqtt) close the socket first, and paho's network thread then logs "not connected" as an
@@ -144,23 +191,28 @@ class MqttPublisher:
         self._client.disable_logger()
         self._client.disconnect()
         self._client.loop_stop()
+        try:
+            self._settle()  # acknowledgements that came after the sender stopped
+        except StoreError as exc:
+            log.error("%s; those messages will be sent again at the next start", exc)
         left = self.pending()
         if left:
-            log.warning("MQTT stopped with %d verdict message(s) never acknowledged by the broker", left)
+            log.warning("MQTT stopped with %d message(s) not acknowledged; they stay in the outbox", left)
 
     # -- extras ------------------------------------------------------------------------------------
 
     def publish_stats(self, counters: dict[str, float | int]) -> None:
-        """Counters to `<prefix>/<station>/stats`, QoS 0 (the next report replaces a lost one)."""
+        """Counters to `<prefix>/<station>/stats`, QoS 0, not stored (the next report replaces a lost one)."""
         if self._stopped:
             return
         body = {"station": self.station, "model": self.model, "ts": time.time(), "counters": counters}
-        self._publish(self.stats_topic, json.dumps(body, separators=(",", ":")).encode(), qos=0)
+        # Paho drops QoS 0 while disconnected, and its acknowledgement (if any) matches nothing we track.
+        self._client.publish(self.stats_topic, json.dumps(body, separators=(",", ":")).encode(), qos=0)
 
     def pending(self) -> int:
-        """QoS 1 messages published and not yet acknowledged by the broker."""
+        """QoS 1 messages not yet acknowledged by the broker: the outbox plus status messages in flight."""
         with self._lock:
-            return self._qos1_unacked
+            return self._pending()
 
     @property
     def connected(self) -> bool:
@@ -168,48 +220,125 @@ class MqttPublisher:
 
     @property
     def dropped(self) -> int:
-        """Messages paho refused to queue (only when more than 65535 are unacknowledged at once)."""
+        """Messages the outbox dropped, oldest first, because it was full."""
+        return self._store.dropped
+
+    @property
+    def expired_rejects(self) -> int:
+        """Reject messages replayed after their deadline, so not sent (their verdicts were)."""
         with self._lock:
-            return self._dropped
+            return self._expired_rejects
 
-    # -- internals ---------------------------------------------------------------------------------
+    # -- sender thread -----------------------------------------------------------------------------
 
-    def _publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> MQTTMessageInfo | None:
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
-        return info if self._track(info, qos) else None
+    def _send_loop(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(self._sender_has_work)
+                if self._stopping:
+                    return
+            try:
+                self._settle()
+                self._send_next()
+            except StoreError as exc:
+                log.error("%s; trying again in %.0f s", exc, STORE_RETRY_S)
+                with self._changed:
+                    self._changed.wait_for(lambda: self._stopping, STORE_RETRY_S)
 
-    def _track(self, info: MQTTMessageInfo, qos: int) -> bool:
-        """Record a message paho accepted, so that `flush` can wait for it. False if paho dropped it."""
-        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-            with self._lock:
-                self._dropped += 1
-            log.error("MQTT: message dropped, too many unacknowledged messages (mid space exhausted)")
-            return False
-        if qos == 0 and info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            return False  # not connected: QoS 0 is not queued, and no on_publish will come for it
-        # QoS 1 with rc NO_CONN is queued by paho and sent after (re)connect: it is pending.
+    def _sender_has_work(self) -> bool:
+        more = self._room() > 0 and self._appends != self._drained_at
+        return self._stopping or bool(self._acks) or bool(self._done_rows) or more
+
+    def _room(self) -> int:
+        if not self._connected.is_set() or self._resending:
+            return 0
+        return self._max_inflight - len(self._row_of_mid)
+
+    def _settle(self) -> None:
+        """Delete the acknowledged and the expired rows from the outbox."""
         with self._changed:
-            if info.mid in self._acked_early:
-                self._acked_early.discard(info.mid)
-                self._changed.notify_all()
-                return True
-            previous = self._unacked.get(info.mid)
-            if previous is not None and previous > 0:
-                self._qos1_unacked -= 1  # a stale entry for a reused mid (cannot happen for live QoS 1)
-            self._unacked[info.mid] = qos
-            if qos > 0:
-                self._qos1_unacked += 1
-        return True
-
-    def _wait_for(self, mid: int, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
+            for mid in self._acks:
+                row = self._row_of_mid.pop(mid, None)
+                if row is not None:
+                    self._done_rows.append(row)
+                else:
+                    self._status_mids.discard(mid)  # or a QoS 0 stats message: nothing to do
+            self._acks.clear()
+            if not self._row_of_mid:
+                self._resending = False
+            done, self._done_rows = self._done_rows, []
+            self._changed.notify_all()
+        if not done:
+            return
+        try:
+            self._store.delete(done)
+        except StoreError:
+            with self._changed:
+                self._done_rows[:0] = done
+            raise
         with self._changed:
-            while mid in self._unacked:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
-        return True
+            self._changed.notify_all()
+
+    def _send_next(self) -> None:
+        """Hand the next rows to paho, as many as fit in flight."""
+        with self._changed:
+            room = self._room()
+            if room <= 0 or self._appends == self._drained_at:
+                return
+            after, appends, connected_at = self._last_handed, self._appends, self._connected_at
+        limit = min(room, PEEK_BATCH)
+        rows = self._store.peek(limit, after)
+        now = time.time()
+        expired: list[int] = []
+        unsendable: list[int] = []
+        for row in rows:
+            message = row.message
+            if self._expired(message, connected_at, now):
+                expired.append(row.id)
+                continue
+            try:
+                info = self._client.publish(message.topic, message.payload, qos=message.qos, retain=message.retain)
+            except ValueError as exc:
+                # Paho will never take it (a wildcard in the topic, say); kept, it would stop the outbox for good.
+                log.error("MQTT: dropping outbox message %d on '%s': %s", row.id, message.topic, exc)
+                unsendable.append(row.id)
+                continue
+            with self._changed:
+                self._row_of_mid[info.mid] = row.id
+        with self._changed:
+            if rows:
+                self._last_handed = rows[-1].id
+            if len(rows) < limit:
+                self._drained_at = appends
+            self._done_rows.extend(expired + unsendable)
+            self._expired_rejects += len(expired)
+            total = self._expired_rejects
+        if expired and log_due(total - len(expired), total):
+            log.warning(
+                "MQTT: expired rejects (replayed after their %.0f ms deadline) are not sent on the reject topic, "
+                "their verdicts are; %d so far",
+                self._reject_deadline_s * 1000,
+                total,
+            )
+
+    @staticmethod
+    def _expired(message: Message, connected_at: float, now: float) -> bool:
+        """A reject from before this connection (a replay) whose deadline has passed: the PLC would only drop it.
+
+        A reject published while connected goes out even when late: the PLC decides, with `late` and
+        `captured_at` in the payload.
+        """
+        return (
+            message.kind == REJECT_MESSAGE
+            and message.deadline_at is not None
+            and message.created_at < connected_at
+            and now > message.deadline_at
+        )
+
+    def _pending(self) -> int:
+        return self._store.count() + len(self._status_mids)
+
+    # -- paho callbacks (network thread) -----------------------------------------------------------
 
     def _on_publish(
         self, client: Client, userdata: Any, mid: int, reason_code: ReasonCode, properties: Properties
@@ -217,12 +346,7 @@ class MqttPublisher:
         if reason_code.is_failure:
             log.warning("MQTT broker refused message %d: %s", mid, reason_code)
         with self._changed:
-            qos = self._unacked.pop(mid, None)
-            if qos is None:
-                self._acked_early.add(mid)
-                return
-            if qos > 0:
-                self._qos1_unacked -= 1
+            self._acks.append(mid)
             self._changed.notify_all()
 
     def _on_connect(
@@ -237,10 +361,14 @@ class MqttPublisher:
             log.error("MQTT broker %s:%d refused the connection: %s", self.config.host, self.config.port, reason_code)
             self._first_attempt.set()
             return
-        # Runs on paho's network thread, so the broker cannot acknowledge it before `_track` ran. Before
-        # `_connected` is set, so that a `flush` after `start` returned also waits for it.
-        self._publish(self.status_topic, ONLINE.encode(), qos=1, retain=True)
-        self._connected.set()
+        # On paho's network thread, so the broker's acknowledgement cannot be read before the mid is recorded.
+        # Before `_connected` is set, so that a `flush` after `start` returned also waits for it.
+        info = client.publish(self.status_topic, ONLINE.encode(), qos=1, retain=True)
+        with self._changed:
+            self._status_mids.add(info.mid)
+            self._connected_at = time.time()
+            self._connected.set()
+            self._changed.notify_all()
         self._first_attempt.set()
         log.info("MQTT connected to %s:%d as %s", self.config.host, self.config.port, self.client_id)
 
@@ -257,11 +385,12 @@ class MqttPublisher:
         properties: Properties | None,
     ) -> None:
         was_connected = self._connected.is_set()
-        self._connected.clear()
-        # QoS 0 packets not yet written when the connection drops are discarded by paho and stay in
-        # `_unacked` as harmless QoS 0 entries (replaced when paho reuses the mid). Removing them here
-        # instead would race with a late on_publish and leave a stale "acked early" mid behind.
-        waiting = self.pending()
+        with self._changed:
+            self._connected.clear()
+            # Paho resends what it holds only after on_connect has returned: anything newer handed to it
+            # before then would overtake those.
+            self._resending = bool(self._row_of_mid)
+            waiting = self._pending()
         if self._stopped:
             log.info("MQTT disconnected")
         elif was_connected:

@@ -37,7 +37,7 @@ def agent_config(tmp_path: Path, broker: Broker, pipeline: Pipeline, camera: dic
         "station": STATION,
         "cameras": {"cam0": camera, "gige0": {"source": "genicam", "cti": "viky"}},
         "model": {"path": str(pipeline.edge)},
-        "mqtt": {"host": broker.host, "port": broker.port},
+        "mqtt": {"host": broker.host, "port": broker.port, "store_dir": str(tmp_path / "outbox")},
         "archive": {"path": str(tmp_path / "archive")},
     }
     path = tmp_path / "agent.yaml"

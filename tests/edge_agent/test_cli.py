@@ -20,7 +20,7 @@ def config_for(tmp_path: Path, model: Path, **changes: object) -> Path:
         "station": "s1",
         "cameras": {"cam0": {"source": "folder", "path": str(tmp_path)}},
         "model": {"path": str(model)},
-        "mqtt": {"port": 1},
+        "mqtt": {"port": 1, "store_dir": str(tmp_path / "outbox")},
     }
     config.update(changes)
     path = tmp_path / "agent.yaml"

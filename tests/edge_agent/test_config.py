@@ -66,6 +66,13 @@ def test_relative_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None
     assert isinstance(cam0, FolderCameraConfig) and cam0.path == tmp_path / "replay"
 
 
+def test_outbox_settings_default_and_relative_store_dir(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, DESIGN_MINIMAL))
+    assert (cfg.mqtt.store_dir, cfg.mqtt.store_max_messages) == (None, 100_000)
+    text = DESIGN_MINIMAL.replace("  topic_prefix: inspect", "  topic_prefix: inspect\n  store_dir: state")
+    assert load_config(write(tmp_path, text)).mqtt.store_dir == tmp_path / "state"
+
+
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
@@ -73,6 +80,7 @@ def test_relative_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None
         ("  port: 1883", "  port: lots", "field 'mqtt.port'"),
         ("  device: CPU ", "  device: TPU ", "field 'model.device'"),
         ("version: 1", "version: 7", "field 'version'"),
+        ("  port: 1883", "  port: 1883\n  store_max_messages: 0", "field 'mqtt.store_max_messages'"),
         ("    source: folder", "    source: usb", "field 'cameras.cam0'"),
     ],
 )

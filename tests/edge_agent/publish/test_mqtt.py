@@ -7,8 +7,9 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from paho.mqtt.client import Client
@@ -17,11 +18,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from demo.broker import Broker, free_port, run_broker, start_amqtt, start_mosquitto
 from demo.collector import MqttCollector
 from edge_agent.config import MqttConfig
-from edge_agent.publish.fake import FakePublisher
+from edge_agent.publish.fake import FakePublisher, MemoryStore
 from edge_agent.publish.mqtt import MqttPublisher
+from edge_agent.publish.store import SqliteStore, StoreError, VerdictStore
 from edge_agent.verdict import ERROR, OK, REJECT, Verdict, VerdictKind
 
 STATION = "press2"
+REJECT_DEADLINE_MS = 100.0
 PREFIX = "inspect"
 BASE = f"{PREFIX}/{STATION}"
 REPO = Path(__file__).resolve().parents[3]
@@ -41,12 +44,12 @@ PAYLOAD_KEYS = {
 MakePublisher = Callable[..., MqttPublisher]
 
 
-def verdict(frame_id: int, kind: VerdictKind = OK, camera: str = "cam0") -> Verdict:
+def verdict(frame_id: int, kind: VerdictKind = OK, camera: str = "cam0", captured_at: float | None = None) -> Verdict:
     score = {OK: 0.2, REJECT: 0.9, ERROR: None}[kind]
     return Verdict(
         frame_id=frame_id,
         camera=camera,
-        captured_at=time.time(),
+        captured_at=time.time() if captured_at is None else captured_at,
         score=score,
         threshold=0.5,
         verdict=kind,
@@ -59,12 +62,19 @@ def verdict(frame_id: int, kind: VerdictKind = OK, camera: str = "cam0") -> Verd
 
 @pytest.fixture
 def make_publisher() -> Iterator[MakePublisher]:
-    """Builds publishers for a host/port and stops them all after the test."""
+    """Builds publishers for a host/port (on an in-memory outbox unless given one) and stops them after the test."""
     made: list[MqttPublisher] = []
 
-    def make(host: str, port: int, **kwargs: float) -> MqttPublisher:
+    def make(host: str, port: int, store: VerdictStore | None = None, **kwargs: float) -> MqttPublisher:
         config = MqttConfig(host=host, port=port, topic_prefix=PREFIX)
-        publisher = MqttPublisher(config, STATION, "patchcore-lite0", **kwargs)  # type: ignore[arg-type]
+        publisher = MqttPublisher(
+            config,
+            STATION,
+            "patchcore-lite0",
+            MemoryStore() if store is None else store,
+            reject_deadline_ms=REJECT_DEADLINE_MS,
+            **kwargs,  # type: ignore[arg-type]
+        )
         made.append(publisher)
         return publisher
 
@@ -160,8 +170,10 @@ def test_last_will_says_offline_when_the_agent_dies(mqtt_broker: Broker) -> None
         f"""
         import time
         from edge_agent.config import MqttConfig
+        from edge_agent.publish.fake import MemoryStore
         from edge_agent.publish.mqtt import MqttPublisher
-        p = MqttPublisher(MqttConfig(host={mqtt_broker.host!r}, port={mqtt_broker.port}), {STATION!r}, "m")
+        config = MqttConfig(host={mqtt_broker.host!r}, port={mqtt_broker.port})
+        p = MqttPublisher(config, {STATION!r}, "m", MemoryStore(), reject_deadline_ms=100)
         p.start()
         print("connected" if p.connected else "not connected", flush=True)
         time.sleep(60)
@@ -238,8 +250,9 @@ def test_verdicts_published_before_the_broker_is_up_arrive_after_connect(make_pu
 
 
 def test_client_id_from_config_or_default() -> None:
-    named = MqttPublisher(MqttConfig(client_id="line2-agent"), STATION, "m")
-    default = MqttPublisher(MqttConfig(), STATION, "m")
+    store = MemoryStore()
+    named = MqttPublisher(MqttConfig(client_id="line2-agent"), STATION, "m", store, reject_deadline_ms=100)
+    default = MqttPublisher(MqttConfig(), STATION, "m", store, reject_deadline_ms=100)
     assert named.client_id == "line2-agent"
     assert default.client_id.startswith(f"edge-agent-{STATION}-")
     named.stop()  # never started: a no-op
@@ -290,3 +303,216 @@ def test_fake_publisher_records_what_the_loop_gives_it() -> None:
     assert [v.frame_id for v in fake.verdicts] == [1, 2]
     assert [v.frame_id for v in fake.rejects] == [2]
     assert all(v.published_at is not None for v in fake.verdicts)
+
+
+# -- store and forward: the outbox across broker outages and restarts ---------------------------------------
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def frame_ids(messages: list[tuple[str, bytes, bool]]) -> list[int]:
+    return [json.loads(p)["frame_id"] for _, p, _ in messages]
+
+
+def test_verdicts_from_an_outage_reach_a_restarted_broker_in_order(
+    tmp_path: Path, make_publisher: MakePublisher
+) -> None:
+    port = free_port()
+    with SqliteStore(tmp_path / "outbox.sqlite", 1000) as store:
+        publisher = make_publisher("127.0.0.1", port, store)
+        with (
+            start_mosquitto(port=port) as broker,
+            MqttCollector(broker.host, broker.port, f"{BASE}/cam0/verdict") as before,
+        ):
+            publisher.start()
+            for i in range(10):
+                publisher.publish(verdict(i))
+            assert publisher.flush(5)
+            assert frame_ids(before.wait_for(10, 5)) == list(range(10))
+        assert wait_until(lambda: not publisher.connected, 5)
+        for i in range(10, 40):
+            publisher.publish(verdict(i))
+        assert store.count() == 30  # on disk, not in paho
+        with (
+            start_mosquitto(port=port) as broker,
+            MqttCollector(broker.host, broker.port, f"{BASE}/cam0/verdict") as after,
+        ):
+            assert publisher.flush(15)
+            assert frame_ids(after.wait_for(30, 5)) == list(range(10, 40))
+        assert store.count() == 0
+
+
+def test_messages_in_flight_when_the_broker_dies_are_resent_before_newer_ones(
+    tmp_path: Path, make_publisher: MakePublisher
+) -> None:
+    port = free_port()
+    n = 3000
+    with SqliteStore(tmp_path / "outbox.sqlite", 10_000) as store:
+        publisher = make_publisher("127.0.0.1", port, store)
+        with start_mosquitto(port=port) as broker:
+            # Not a `with`: it stays subscribed until the broker dies.
+            before = MqttCollector(broker.host, broker.port, f"{BASE}/cam0/verdict").start()
+            publisher.start()
+            for i in range(n // 2):
+                publisher.publish(verdict(i))
+        before.stop()
+        # The broker went away with messages in flight; the rest queue up on disk.
+        for i in range(n // 2, n):
+            publisher.publish(verdict(i))
+        # Paho resends what was in flight only after on_connect returns. Widen that gap, so that newer rows handed
+        # to paho too early would overtake the resent ones.
+        on_connect = publisher._client.on_connect
+
+        def slow_on_connect(*args: Any) -> None:
+            on_connect(*args)
+            time.sleep(0.3)
+
+        publisher._client.on_connect = slow_on_connect
+        with (
+            start_mosquitto(port=port) as broker,
+            MqttCollector(broker.host, broker.port, f"{BASE}/cam0/verdict") as after,
+        ):
+            assert publisher.flush(15)
+            assert wait_until(lambda: frame_ids(after.messages)[-1:] == [n - 1], 5)
+            resent = frame_ids(after.messages)
+    # Paho resends the unacknowledged ones first, then the sender goes on after them: one run, in order, each once.
+    # (The dying broker may have forwarded some it never acknowledged, which then come twice: at least once.)
+    assert resent == list(range(resent[0], n))
+    assert frame_ids(before.messages) == list(range(len(before.messages)))
+
+
+def test_backlog_of_a_stopped_publisher_is_delivered_by_the_next_one(
+    tmp_path: Path, make_publisher: MakePublisher
+) -> None:
+    path = tmp_path / "outbox.sqlite"
+    n = 25
+    with SqliteStore(path, 1000) as store:
+        first = make_publisher("127.0.0.1", free_port(), store, connect_wait_s=0.5)
+        first.start()
+        for i in range(n):
+            first.publish(verdict(i, REJECT if i % 5 == 0 else OK))
+        assert not first.flush(0.2)
+        first.stop()
+    with (
+        SqliteStore(path, 1000) as store,
+        start_mosquitto() as broker,
+        MqttCollector(broker.host, broker.port, f"{BASE}/cam0/verdict") as collector,
+    ):
+        assert store.count() == n + n // 5  # each reject also has its reject-topic message
+        second = make_publisher(broker.host, broker.port, store)
+        second.start()
+        assert second.flush(10)
+        assert frame_ids(collector.wait_for(n, 5)) == list(range(n))
+        assert store.count() == 0
+        second.stop()
+    with SqliteStore(path, 1000) as store:
+        assert store.count() == 0
+
+
+def test_expired_reject_is_not_replayed_on_the_reject_topic_but_its_verdict_is(
+    tmp_path: Path, make_publisher: MakePublisher
+) -> None:
+    port = free_port()
+    with SqliteStore(tmp_path / "outbox.sqlite", 1000) as store:
+        publisher = make_publisher("127.0.0.1", port, store, connect_wait_s=0.5)
+        publisher.start()
+        publisher.publish(verdict(1, REJECT, captured_at=time.time() - 60))  # long past its 100 ms deadline
+        publisher.publish(verdict(2, OK))
+        publisher.publish(verdict(3, ERROR, captured_at=time.time() + 60))  # replayed before its deadline
+        with (
+            start_mosquitto(port=port) as broker,
+            MqttCollector(broker.host, broker.port, f"{BASE}/cam0/#") as collector,
+        ):
+            assert publisher.flush(15)
+            collector.wait_for(4, 5)
+            time.sleep(0.1)  # nothing more may come
+        assert publisher.expired_rejects == 1
+        assert store.count() == 0
+    assert frame_ids(collector.on(f"{BASE}/cam0/verdict")) == [1, 2, 3]
+    assert frame_ids(collector.on(f"{BASE}/cam0/reject")) == [3]
+
+
+def test_a_late_reject_published_while_connected_is_still_sent(
+    mqtt_broker: Broker, make_publisher: MakePublisher
+) -> None:
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{BASE}/cam0/reject") as collector:
+        publisher = started(make_publisher, mqtt_broker)
+        late = verdict(1, REJECT, captured_at=time.time() - 60)
+        late.late = True
+        publisher.publish(late)
+        assert publisher.flush(5)
+        messages = collector.wait_for(1, 5)
+    assert [json.loads(p)["late"] for _, p, _ in messages] == [True]
+    assert publisher.expired_rejects == 0
+
+
+def test_full_outbox_keeps_the_newest_in_order(make_publisher: MakePublisher) -> None:
+    port = free_port()
+    store = MemoryStore(max_messages=10)
+    publisher = make_publisher("127.0.0.1", port, store, connect_wait_s=0.5)
+    publisher.start()
+    for i in range(15):
+        publisher.publish(verdict(i))
+    assert publisher.dropped == 5
+    assert publisher.pending() == 10
+    with (
+        start_mosquitto(port=port) as broker,
+        MqttCollector(broker.host, broker.port, f"{BASE}/cam0/verdict") as collector,
+    ):
+        assert publisher.flush(15)
+        assert frame_ids(collector.wait_for(10, 5)) == list(range(5, 15))
+
+
+def test_order_is_kept_with_a_small_in_flight_window(mqtt_broker: Broker, make_publisher: MakePublisher) -> None:
+    n = 300
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{BASE}/cam0/#") as collector:
+        publisher = make_publisher(mqtt_broker.host, mqtt_broker.port, max_inflight=3)
+        publisher.start()
+        for i in range(n):
+            publisher.publish(verdict(i, REJECT if i % 7 == 0 else OK))
+        assert publisher.flush(10)
+        collector.wait_for(n + len(range(0, n, 7)), 5)
+    assert frame_ids(collector.on(f"{BASE}/cam0/verdict")) == list(range(n))
+    assert frame_ids(collector.on(f"{BASE}/cam0/reject")) == list(range(0, n, 7))
+
+
+class FlakyStore(MemoryStore):
+    """Fails the first delete, as a full disk would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def delete(self, ids: Sequence[int]) -> None:
+        if not self.failed:
+            self.failed = True
+            raise StoreError("MQTT outbox test: cannot delete sent messages (disk full)")
+        super().delete(ids)
+
+
+def test_a_failed_outbox_delete_is_retried(mqtt_broker: Broker, make_publisher: MakePublisher) -> None:
+    store = FlakyStore()
+    publisher = make_publisher(mqtt_broker.host, mqtt_broker.port, store)
+    publisher.start()
+    publisher.publish(verdict(1))
+    assert publisher.flush(10)
+    assert store.failed
+    assert store.count() == 0
+
+
+def test_a_message_paho_refuses_is_dropped_and_the_rest_still_go(
+    mqtt_broker: Broker, make_publisher: MakePublisher
+) -> None:
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{BASE}/+/verdict") as collector:
+        publisher = started(make_publisher, mqtt_broker)
+        publisher.publish(verdict(1, camera="cam#0"))  # a wildcard: not a valid topic to publish on
+        publisher.publish(verdict(2))
+        assert publisher.flush(5)
+        assert frame_ids(collector.wait_for(1, 5)) == [2]
