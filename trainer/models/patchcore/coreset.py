@@ -12,6 +12,8 @@ import numba
 import numpy as np
 from numba import prange
 
+PROJECTION_CHUNK = 65_536  # candidate rows projected at a time
+
 # TBB (numba's default pool) warns and may misbehave when the process forks after using it, which OpenVINO and
 # test runners do; the built-in work queue has no such problem, and selection is one parallel loop per step.
 numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]  # set at run time by numba
@@ -50,16 +52,23 @@ def _greedy_kcenter(points: np.ndarray, k: int, start: int, chunks: int) -> np.n
     return selected
 
 
-def greedy_coreset(features: np.ndarray, k: int, projection_dim: int, seed: int) -> np.ndarray:
-    """Indices of `k` rows of `features` (N x D) chosen by greedy k-center on a random projection."""
-    n, dim = features.shape
+def greedy_coreset(
+    features: np.ndarray, k: int, projection_dim: int, seed: int, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Positions in `rows` (default: every row of `features`, N x D) of the `k` candidates greedy k-center picks
+    on a random projection. Candidates are projected in chunks, so they are never copied at full width."""
+    n, dim = (len(rows) if rows is not None else len(features)), features.shape[1]
     k = max(1, min(k, n))
     rng = np.random.default_rng(seed)
     if projection_dim < dim:
         # Gaussian JL projection; scale is irrelevant to the arg-max so it is left out.
         matrix = rng.standard_normal((dim, projection_dim)).astype(np.float32)
-        points = np.ascontiguousarray(features @ matrix, dtype=np.float32)
+        points = np.empty((n, projection_dim), np.float32)
+        for start in range(0, n, PROJECTION_CHUNK):
+            stop = min(n, start + PROJECTION_CHUNK)
+            part = features[rows[start:stop]] if rows is not None else features[start:stop]
+            points[start:stop] = part @ matrix
     else:
-        points = np.ascontiguousarray(features, dtype=np.float32)
+        points = np.ascontiguousarray(features[rows] if rows is not None else features, dtype=np.float32)
     chunks = max(1, numba.get_num_threads() * 8)
     return _greedy_kcenter(points, k, int(rng.integers(n)), chunks)

@@ -36,7 +36,8 @@ HIDDEN_DISTANCE = 1e12
 # features are still told apart instead of being clipped to the normal range.
 QUERY_RANGE_MARGIN = 2.0
 INT8_LOW, INT8_HIGH = -128, 127
-VALIDATION_BATCH = 8
+# Validation inputs scored at once; each holds a patches x bank distance matrix, so this bounds fit's peak RSS.
+VALIDATION_BATCH = 2
 
 
 class PatchCoreRecipe(BaseModel):
@@ -224,16 +225,16 @@ class PatchCore(nn.Module):
         d, h, w = chunks[0].shape[1:]
         features = np.concatenate([c.transpose(0, 2, 3, 1).reshape(-1, d) for c in chunks])
         del chunks
+        n_patches = len(features)
         extracted = time.perf_counter()
         rows = np.arange(len(features))
         if len(features) > self.recipe.max_candidates:
             # Keeps memory and selection time bounded on large sets; the coreset size still follows the full count.
             rng = np.random.default_rng(self.recipe.seed)
             rows = np.sort(rng.choice(len(features), self.recipe.max_candidates, replace=False))
-        candidates = features[rows] if len(rows) < len(features) else features
         k = max(self.recipe.min_memory_bank, round(len(features) * self.recipe.coreset_ratio))
-        chosen = greedy_coreset(candidates, k, self.recipe.projection_dim, self.recipe.seed)
-        bank = np.ascontiguousarray(candidates[chosen], dtype=np.float32)
+        chosen = greedy_coreset(features, k, self.recipe.projection_dim, self.recipe.seed, rows)
+        bank = np.ascontiguousarray(features[rows[chosen]], dtype=np.float32)
         selected = time.perf_counter()
         self.set_bank(bank, features)
         quantized = time.perf_counter()
@@ -242,11 +243,13 @@ class PatchCore(nn.Module):
         input_of_entry = rows[chosen] // (h * w) - len(train_images)
         lookup = np.append(groups, -1)  # the last slot answers for training entries
         entry_group = torch.from_numpy(lookup[np.where(input_of_entry >= 0, input_of_entry, len(groups))])
-        val_features = torch.from_numpy(features[len(train_images) * h * w :]).reshape(-1, h, w, d).permute(0, 3, 1, 2)
+        val_features = torch.from_numpy(features[len(train_images) * h * w :].copy()).reshape(-1, h, w, d)
+        del features  # the largest array of the fit; scoring below needs only the validation rows
+        val_features = val_features.permute(0, 3, 1, 2)
         validation = self._score_hidden(val_features, entry_group, torch.from_numpy(groups))
         summary = {
-            "patches": len(features),
-            "candidates": len(candidates),
+            "patches": n_patches,
+            "candidates": len(rows),
             "memory_bank": len(bank),
             "bank_bytes": self.bank_bytes(),
             "bank_float_bytes": bank.size * FLOAT_BYTES,
