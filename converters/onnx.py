@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.jit._trace import TracerWarning
 
 from converters.graph import INPUT_NAME, OUTPUT_NAMES, TupleOutputs, example_input
 
@@ -18,6 +19,7 @@ def export_onnx(model: nn.Module, height: int, width: int, path: Path) -> None:
         # The TorchScript exporter is deprecated upstream, but the dynamo one needs onnxscript, which the
         # converter does not otherwise need; the graphs here are plain tensor code, which it handles well.
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", TracerWarning)  # fitted buffers read as constants on purpose
         torch.onnx.export(
             TupleOutputs(model).eval(),  # eval on the wrapper: the exporter restores its mode recursively
             (example_input(height, width),),

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import openvino as ov
 import torch
 from torch import nn
+from torch.jit._trace import TracerWarning
 
 from converters.graph import INPUT_NAME, OUTPUT_NAMES, TupleOutputs, example_input
 
 
 def to_openvino(model: nn.Module, height: int, width: int) -> ov.Model:
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # Models read fitted buffers as Python constants on purpose (PatchCore's int8 query scales): they are
+        # fixed once fitted, and exporters need them static.
+        warnings.simplefilter("ignore", TracerWarning)
         ov_model = ov.convert_model(
             TupleOutputs(model).eval(),  # eval on the wrapper: the exporter restores its mode recursively
             example_input=example_input(height, width),
