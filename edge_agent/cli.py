@@ -24,6 +24,7 @@ from edge_agent.config import (
 from edge_agent.console import run_cli, setup_logging
 from edge_agent.errors import AgentError, CameraUnavailable
 from edge_agent.loop import InspectionLoop, LoopOptions, ModelInfo, RunSummary
+from edge_agent.metrics import MQTT_CONNECTED, OUTBOX, Metrics, MetricsServer
 from edge_agent.publish.mqtt import MqttPublisher
 from edge_agent.publish.store import SqliteStore, store_path
 from edge_agent.runtimes import make_runtime
@@ -122,9 +123,22 @@ def run_command(
             )
             where = f"{cfg.mqtt.host}:{cfg.mqtt.port}"
             log.info("ready: camera '%s', model %s, publishing to %s", camera, manifest.version, where)
+            metrics: Metrics | None = None
+            server: MetricsServer | None = None
+            if cfg.metrics.enabled:
+                metrics = Metrics(manifest.version, cfg.metrics.health_timeout_s)
+                metrics.watch(OUTBOX, camera, publisher.pending)
+                metrics.watch(MQTT_CONNECTED, camera, lambda: publisher.connected)
             try:
-                summary = InspectionLoop(cam, runtime, publisher, model, options, archive).run(stop)
+                if metrics is not None:
+                    # One process per camera from one config: each camera gets the port after the previous one.
+                    port = cfg.metrics.port + list(cfg.cameras).index(camera)
+                    server = MetricsServer(metrics, cfg.metrics.host, port)
+                    log.info("metrics on http://%s:%d/metrics and /healthz", cfg.metrics.host, server.port)
+                summary = InspectionLoop(cam, runtime, publisher, model, options, archive, metrics).run(stop)
             finally:
+                if server is not None:
+                    server.stop()
                 cam.close()
                 if archive is not None:
                     archive.close()

@@ -73,6 +73,11 @@ class ArchiveConfig(Strict):
 
 class MetricsConfig(Strict):
     stats_interval_s: float = Field(default=10.0, gt=0)
+    # Prometheus /metrics and /healthz over HTTP; loopback only unless a scraper elsewhere needs it.
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=1, le=65535)
+    health_timeout_s: float = Field(default=10.0, gt=0, description="/healthz fails after this long without a frame")
 
 
 class AgentConfig(Strict):

@@ -18,6 +18,7 @@ from edge_agent.errors import CameraError, EndOfStream
 from edge_agent.frame_queue import FrameQueue
 from edge_agent.frames import Frame
 from edge_agent.geometry import Combined, Geometry, combine, prepare
+from edge_agent.metrics import CAMERA_CONNECTED, DROPPED, Metrics
 from edge_agent.publish.base import Publisher
 from edge_agent.regions import find_regions
 from edge_agent.runtimes.base import Runtime
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 QUEUE_POLL_S = 0.2
 RECONNECT_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
-STAGES = ("preprocess", "infer", "publish")
+STAGES = ("acquire", "preprocess", "infer", "postprocess", "publish")
 # Latency medians cover the most recent frames only, so months of running use constant memory.
 LATENCY_WINDOW = 10_000
 
@@ -89,6 +90,7 @@ class InspectionLoop:
         model: ModelInfo,
         options: LoopOptions,
         archive: Archive | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.camera = camera
         self.runtime = runtime
@@ -99,6 +101,12 @@ class InspectionLoop:
         self.summary = RunSummary()
         live = bool(getattr(camera, "live", True))
         self._queue: FrameQueue[Frame] = FrameQueue(options.queue_size, drop_oldest=live)
+        # Written by the acquisition thread, read by the metrics server; a grab that did not raise means connected.
+        self._camera_connected = False
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.watch(DROPPED, camera.name, lambda: self._queue.dropped)
+            metrics.watch(CAMERA_CONNECTED, camera.name, lambda: self._camera_connected)
 
     def run(self, stop: threading.Event) -> RunSummary:
         """Inspect until the camera runs out, `max_frames` were grabbed, or `stop` is set; then deliver
@@ -145,6 +153,7 @@ class InspectionLoop:
                     log.info("camera '%s' has no more frames", self.camera.name)
                     break
                 except CameraError as exc:
+                    self._camera_connected = False
                     self.summary.camera_errors += 1
                     wait = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
                     failures += 1
@@ -154,6 +163,7 @@ class InspectionLoop:
                     self._reopen()
                     last_frame = time.monotonic()
                     continue
+                self._camera_connected = True
                 if frame is None:
                     continue
                 failures = 0
@@ -175,23 +185,28 @@ class InspectionLoop:
         t0 = time.monotonic()
         result: Combined | None = None
         error: str | None = None
-        t1 = t0
+        t1: float | None = None
+        t2: float | None = None
         geometry = self.model.geometry
         try:
             prepared = prepare(frame.image, geometry)
             t1 = time.monotonic()
             outputs = [self.runtime.infer(x) for x in prepared.inputs]
+            t2 = time.monotonic()
             maps, scores = [o.anomaly_map for o in outputs], [o.score for o in outputs]
             result = combine(prepared, maps, scores, geometry.mode)
         except Exception as exc:  # any failure on one frame must become a fail-safe verdict, not a crash
             error = f"{type(exc).__name__}: {exc}"
             log.error("frame %d from '%s' failed: %s", frame.frame_id, self.camera.name, error)
-        t2 = time.monotonic()
+        t3 = time.monotonic()
+        # A stage that raised is charged the time up to the failure; the stages after it none.
+        t1 = t3 if t1 is None else t1
+        t2 = t3 if t2 is None else t2
         kind = ERROR if result is None else decide(result.score, self.model.threshold)
         regions = []
         if result is not None and kind == REJECT:
             regions = find_regions(result.anomaly_map, self.model.threshold, result.frame_scale)
-        latency_ms = (t2 - frame.captured_mono) * 1000
+        latency_ms = (t3 - frame.captured_mono) * 1000
         verdict = Verdict(
             frame_id=frame.frame_id,
             camera=self.camera.name,
@@ -207,9 +222,17 @@ class InspectionLoop:
             source=frame.source,
             reject_on_error=self.options.error_is_reject,
         )
+        t4 = time.monotonic()
         self.publisher.publish(verdict)
-        t3 = time.monotonic()
-        self._count(verdict, {"preprocess": t1 - t0, "infer": t2 - t1, "publish": t3 - t2})
+        t5 = time.monotonic()
+        seconds = {
+            "acquire": t0 - frame.captured_mono,
+            "preprocess": t1 - t0,
+            "infer": t2 - t1,
+            "postprocess": t4 - t2,
+            "publish": t5 - t4,
+        }
+        self._count(verdict, seconds)
         if verdict.is_reject and self.archive is not None:
             view = frame.image if result is None else result.view
             anomaly_map = None if result is None else result.anomaly_map
@@ -223,6 +246,8 @@ class InspectionLoop:
         s.latency_ms.append(verdict.latency_ms)
         for stage, value in seconds.items():
             s.stage_ms[stage].append(value * 1000)
+        if self.metrics is not None:
+            self.metrics.frame_done(verdict.camera, seconds, verdict.verdict, verdict.late)
         level = logging.DEBUG if verdict.verdict == OK else logging.INFO
         log.log(
             level,

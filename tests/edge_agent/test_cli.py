@@ -21,6 +21,7 @@ def config_for(tmp_path: Path, model: Path, **changes: object) -> Path:
         "cameras": {"cam0": {"source": "folder", "path": str(tmp_path)}},
         "model": {"path": str(model)},
         "mqtt": {"port": 1, "store_dir": str(tmp_path / "outbox")},
+        "metrics": {"enabled": False},
     }
     config.update(changes)
     path = tmp_path / "agent.yaml"

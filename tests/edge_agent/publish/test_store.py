@@ -246,6 +246,7 @@ def test_cli_bad_store_is_one_line_and_exit_2(tmp_path: Path, pipeline: Pipeline
         "cameras": {"cam0": {"source": "folder", "path": str(tmp_path)}},
         "model": {"path": str(pipeline.edge)},
         "mqtt": {"port": 1, "store_dir": str(store)},
+        "metrics": {"enabled": False},
         "archive": {"enabled": False},
     }
     path = tmp_path / "agent.yaml"

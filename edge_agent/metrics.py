@@ -1,0 +1,214 @@
+"""Prometheus `/metrics` and a `/healthz` check over HTTP, with the standard library only, so the factory PC
+install gains no dependency. `Metrics` holds the values; `MetricsServer` serves them from a daemon thread."""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import itertools
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from edge_agent.errors import AgentError
+from edge_agent.verdict import ERROR, REJECT
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# From a sub-millisecond CPU stage to a stalled one; the reject deadline is typically around 0.1 s.
+STAGE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+FRAMES = "edge_agent_frames_total"
+REJECTS = "edge_agent_rejects_total"
+ERRORS = "edge_agent_errors_total"
+LATE = "edge_agent_late_decisions_total"
+DROPPED = "edge_agent_dropped_frames_total"
+STAGE_SECONDS = "edge_agent_stage_seconds"
+OUTBOX = "edge_agent_outbox_messages"
+CAMERA_CONNECTED = "edge_agent_camera_connected"
+MQTT_CONNECTED = "edge_agent_mqtt_connected"
+MODEL_INFO = "edge_agent_model_info"
+
+# Exposition order, type and help text of every series.
+SERIES: dict[str, tuple[str, str]] = {
+    FRAMES: ("counter", "Frames inspected end to end."),
+    REJECTS: ("counter", "Frames judged reject (errors are counted apart)."),
+    ERRORS: ("counter", "Frames that could not be judged."),
+    LATE: ("counter", "Decisions later than reject.deadline_ms after capture."),
+    DROPPED: ("counter", "Frames dropped because inference fell behind the camera."),
+    STAGE_SECONDS: ("histogram", "Seconds per stage; acquire is from capture to the start of preprocessing."),
+    OUTBOX: ("gauge", "Messages (verdicts, rejects) the broker has not acknowledged yet: the outbox backlog."),
+    CAMERA_CONNECTED: ("gauge", "1 while the camera delivers, 0 after it failed and until it is back."),
+    MQTT_CONNECTED: ("gauge", "1 while connected to the MQTT broker."),
+    MODEL_INFO: ("gauge", "The model version in use, as a label; the value is always 1."),
+}
+_COUNTED = {REJECT: REJECTS, ERROR: ERRORS}
+
+
+class MetricsError(AgentError):
+    """The metrics endpoint cannot be served (port in use, unknown host)."""
+
+
+@dataclass
+class _Histogram:
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(STAGE_BUCKETS_S) + 1))  # the last one is +Inf
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, value: float) -> None:
+        self.buckets[bisect.bisect_left(STAGE_BUCKETS_S, value)] += 1
+        self.total += value
+        self.count += 1
+
+
+class Metrics:
+    """Thread-safe values of one agent. Counters and histograms are fed by `frame_done`; values owned by
+    another component (queue drops, outbox size, connection state) are read at scrape time via `watch`."""
+
+    def __init__(
+        self, model_version: str, health_timeout_s: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.model_version = model_version
+        self.health_timeout_s = health_timeout_s
+        self._clock = clock
+        self._started = clock()
+        self._last_done: float | None = None
+        self._lock = threading.Lock()
+        self._cameras: set[str] = set()
+        self._counts: dict[tuple[str, str], int] = {}
+        self._stages: dict[tuple[str, str], _Histogram] = {}
+        self._watched: dict[tuple[str, str], Callable[[], float]] = {}
+
+    def frame_done(self, camera: str, stage_seconds: Mapping[str, float], verdict: str, late: bool) -> None:
+        names = [FRAMES, *([_COUNTED[verdict]] if verdict in _COUNTED else []), *([LATE] if late else [])]
+        with self._lock:
+            self._cameras.add(camera)
+            for name in names:
+                self._counts[name, camera] = self._counts.get((name, camera), 0) + 1
+            for stage, seconds in stage_seconds.items():
+                self._stages.setdefault((camera, stage), _Histogram()).observe(seconds)
+            self._last_done = self._clock()
+
+    def watch(self, name: str, camera: str, read: Callable[[], float]) -> None:
+        """Report `read()` as the counter or gauge `name` of `camera` at each scrape."""
+        with self._lock:
+            self._cameras.add(camera)
+            self._watched[name, camera] = read
+
+    def health(self) -> tuple[bool, str]:
+        with self._lock:
+            last = self._last_done
+        idle = self._clock() - (self._started if last is None else last)
+        if idle <= self.health_timeout_s:
+            return True, "ok"
+        return False, f"no frame completed for {idle:.1f} s" + (" since start" if last is None else "")
+
+    def render(self) -> str:
+        with self._lock:
+            cameras = sorted(self._cameras)
+            counts = dict(self._counts)
+            stages = {key: (list(h.buckets), h.total, h.count) for key, h in sorted(self._stages.items())}
+            watched = sorted(self._watched.items())
+        # Readers run outside the lock: they take their owners' locks, which must never nest inside this one.
+        read: dict[tuple[str, str], float] = {}
+        for key, reader in watched:
+            try:
+                read[key] = float(reader())
+            except Exception as exc:  # one failing reader must not cost the whole scrape
+                log.debug("metrics: reading %s for '%s' failed: %s", *key, exc)
+        lines: list[str] = []
+        for name, (kind, text) in SERIES.items():
+            lines += [f"# HELP {name} {_escape(text)}", f"# TYPE {name} {kind}"]
+            if kind == "counter":
+                values = {c: read.get((name, c), counts.get((name, c), 0)) for c in cameras}
+                lines += [f"{name}{_labels(camera=c)} {_num(v)}" for c, v in values.items()]
+            elif name == MODEL_INFO:
+                lines.append(f"{name}{_labels(version=self.model_version)} 1")
+            elif kind == "gauge":
+                lines += [f"{name}{_labels(camera=c)} {_num(v)}" for (n, c), v in read.items() if n == name]
+            else:
+                for (camera, stage), (buckets, total, count) in stages.items():
+                    bounds = [*map(_num, STAGE_BUCKETS_S), "+Inf"]
+                    for bound, cumulative in zip(bounds, itertools.accumulate(buckets), strict=True):
+                        lines.append(f"{name}_bucket{_labels(camera=camera, stage=stage, le=bound)} {cumulative}")
+                    lines.append(f"{name}_sum{_labels(camera=camera, stage=stage)} {_num(total)}")
+                    lines.append(f"{name}_count{_labels(camera=camera, stage=stage)} {count}")
+        return "\n".join(lines) + "\n"
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _label_value(value: str) -> str:
+    return _escape(value).replace('"', '\\"')
+
+
+def _labels(**values: str) -> str:
+    return "{" + ",".join(f'{k}="{_label_value(v)}"' for k, v in values.items()) + "}"
+
+
+def _num(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+class MetricsServer:
+    """Serves `/metrics` and `/healthz` on a daemon thread from construction until `stop`."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+        try:
+            self._httpd = ThreadingHTTPServer((host, port), _handler_for(metrics))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise MetricsError(
+                    f"metrics port {port} on {host} is already in use (metrics.port); "
+                    "pick a free one in the config, or set metrics.enabled: false"
+                ) from None
+            raise MetricsError(f"cannot serve metrics on {host}:{port} (metrics.host, metrics.port): {exc}") from None
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="metrics-http", daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
+
+
+def _handler_for(metrics: Metrics) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(HTTPStatus.OK, metrics.render(), CONTENT_TYPE)
+            elif path == "/healthz":
+                ok, reason = metrics.health()
+                self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, reason + "\n")
+            else:
+                self._send(HTTPStatus.NOT_FOUND, "not found\n")
+
+        def _send(self, status: HTTPStatus, body: str, content_type: str = "text/plain; charset=utf-8") -> None:
+            data = body.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            # A scrape every few seconds would otherwise flood the agent's log on stderr.
+            log.debug("metrics http: " + format, *args)
+
+    return Handler
