@@ -67,16 +67,20 @@ def run_broker(port: int | None = None) -> Iterator[Broker]:
             yield broker
 
 
+ANONYMOUS = "allow_anonymous true"
+
+
 @contextmanager
-def start_mosquitto(port: int | None = None) -> Iterator[Broker]:
-    """A real mosquitto on `port` (a free one if None); RuntimeError if mosquitto is not installed."""
+def start_mosquitto(port: int | None = None, listener_settings: str = ANONYMOUS) -> Iterator[Broker]:
+    """A real mosquitto on `port` (a free one if None); RuntimeError if mosquitto is not installed.
+    `listener_settings` are mosquitto.conf lines for the listener (TLS files, password file)."""
     exe = find_mosquitto()
     if exe is None:
         raise RuntimeError(MOSQUITTO_MISSING)
 
     def config(port: int, folder: Path) -> list[str]:
         conf = folder / "mosquitto.conf"
-        conf.write_text(f"listener {port} {HOST}\nallow_anonymous true\npersistence false\nlog_dest stderr\n")
+        conf.write_text(f"listener {port} {HOST}\n{listener_settings}\npersistence false\nlog_dest stderr\n")
         return [exe, "-c", str(conf)]
 
     with _broker_process("mosquitto", port, config) as broker:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge_agent.errors import AgentError
 
@@ -48,6 +48,19 @@ class ModelConfig(Strict):
     cache_dir: Path | None = None
 
 
+class TlsConfig(Strict):
+    ca_file: Path  # the CA that signed the broker's certificate
+    # A client certificate and its key, for brokers that authenticate clients by certificate; both or neither.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both, or neither")
+        return self
+
+
 class MqttConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
@@ -59,6 +72,16 @@ class MqttConfig(Strict):
     # across broker outages and agent restarts. Unset: systemd's StateDirectory, else ~/.local/state/edge-agent.
     store_dir: Path | None = None
     store_max_messages: int = Field(default=100_000, ge=1, description="outbox bound; when full the oldest go")
+    tls: TlsConfig | None = None  # unset: plain TCP
+    username: str | None = None
+    # The password lives in its own file (mode 0600, outside the config), so configs can be shared and versioned.
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _password_needs_user(self) -> MqttConfig:
+        if self.password_file is not None and self.username is None:
+            raise ValueError("password_file needs username")
+        return self
 
 
 class RejectConfig(Strict):
@@ -112,6 +135,29 @@ def _resolve(path: Path, base: Path) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
 
+def _maybe(path: Path | None, base: Path) -> Path | None:
+    return None if path is None else _resolve(path, base)
+
+
+def _resolve_mqtt(mqtt: MqttConfig, base: Path) -> MqttConfig:
+    tls = mqtt.tls
+    if tls is not None:
+        tls = tls.model_copy(
+            update={
+                "ca_file": _resolve(tls.ca_file, base),
+                "cert_file": _maybe(tls.cert_file, base),
+                "key_file": _maybe(tls.key_file, base),
+            }
+        )
+    return mqtt.model_copy(
+        update={
+            "store_dir": _maybe(mqtt.store_dir, base),
+            "tls": tls,
+            "password_file": _maybe(mqtt.password_file, base),
+        }
+    )
+
+
 def load_config(path: Path) -> AgentConfig:
     """Read and validate; relative paths in the file are taken relative to the file's folder."""
     if not path.is_file():
@@ -142,9 +188,7 @@ def load_config(path: Path) -> AgentConfig:
                     "cache_dir": None if cfg.model.cache_dir is None else _resolve(cfg.model.cache_dir, base),
                 }
             ),
-            "mqtt": cfg.mqtt.model_copy(
-                update={"store_dir": None if cfg.mqtt.store_dir is None else _resolve(cfg.mqtt.store_dir, base)}
-            ),
+            "mqtt": _resolve_mqtt(cfg.mqtt, base),
             "archive": cfg.archive.model_copy(update={"path": _resolve(cfg.archive.path, base)}),
         }
     )

@@ -28,6 +28,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.config import MqttConfig
+from edge_agent.publish.security import apply_security
 from edge_agent.publish.store import (
     REJECT_MESSAGE,
     VERDICT_MESSAGE,
@@ -115,6 +116,7 @@ class MqttPublisher:
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.max_inflight_messages_set(max_inflight)
         client.max_queued_messages_set(0)  # 0 = unlimited; the sender bounds what paho holds
+        apply_security(client, config)
         self._client = client
 
     # -- Publisher protocol ------------------------------------------------------------------------

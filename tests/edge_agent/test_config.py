@@ -73,6 +73,28 @@ def test_outbox_settings_default_and_relative_store_dir(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, text)).mqtt.store_dir == tmp_path / "state"
 
 
+def test_tls_and_password_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None:
+    extra = "  tls:\n    ca_file: pki/ca.crt\n  username: line2\n  password_file: secrets/mqtt"
+    cfg = load_config(
+        write(tmp_path, DESIGN_MINIMAL.replace("  topic_prefix: inspect", f"  topic_prefix: inspect\n{extra}"))
+    )
+    assert cfg.mqtt.tls is not None and cfg.mqtt.tls.ca_file == tmp_path / "pki" / "ca.crt"
+    assert cfg.mqtt.password_file == tmp_path / "secrets" / "mqtt"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("  tls:\n    ca_file: ca.crt\n    cert_file: c.crt", "cert_file and key_file go together"),
+        ("  password_file: p", "password_file needs username"),
+    ],
+)
+def test_half_configured_security_names_what_is_missing(tmp_path: Path, extra: str, message: str) -> None:
+    text = DESIGN_MINIMAL.replace("  topic_prefix: inspect", f"  topic_prefix: inspect\n{extra}")
+    with pytest.raises(AgentError, match=message):
+        load_config(write(tmp_path, text))
+
+
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
