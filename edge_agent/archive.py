@@ -1,5 +1,5 @@
-"""Saves rejects (image, heatmap overlay, verdict JSON) under a dated folder, on a background thread so a slow
-disk never holds up the loop."""
+"""Saves rejects and a sample of goods (image, heatmap overlay, verdict JSON) under a dated folder, on a
+background thread so a slow disk never holds up the loop, within a disk quota that removes the oldest first."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ PENDING_LIMIT = 64
 OVERLAY_ALPHA = 0.45
 # The heatmap saturates at twice the threshold, so "just over" and "far over" look different.
 HEAT_SATURATION = 2.0
+# Over quota, delete down to this share of it, so the next few saves don't each trigger a full scan.
+QUOTA_LOW_WATER = 0.9
+MB = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -41,15 +44,49 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray, score_scale: float) -> n
     return cv2.addWeighted(bgr, 1 - OVERLAY_ALPHA, heat, OVERLAY_ALPHA, 0)
 
 
+def _files_oldest_first(root: Path) -> list[tuple[float, int, Path]]:
+    """(mtime, size, path) of every file under `root`, oldest first."""
+    found = []
+    for path in root.rglob("*"):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue  # removed meanwhile, by another camera's agent sharing the archive
+        if path.is_file():
+            found.append((stat.st_mtime, stat.st_size, path))
+    return sorted(found)
+
+
+def _remove_empty_folders(folder: Path, root: Path) -> None:
+    """The camera and day folders a deletion emptied, up to (not including) `root`."""
+    while folder != root and folder.is_relative_to(root):
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty (or already gone): nothing above it is empty either
+        folder = folder.parent
+
+
 class Archive:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, quota_mb: float = float("inf"), good_sample_rate: float = 0.0) -> None:
         self.root = root
+        self.quota_bytes = quota_mb * MB
+        # Every n-th good frame (by frame id), so the sample is spread evenly and costs no random state.
+        self._good_every = round(1 / good_sample_rate) if good_sample_rate > 0 else 0
         self._queue: queue.Queue[ArchiveItem | None] = queue.Queue(PENDING_LIMIT)
         self._thread = threading.Thread(target=self._work, name="archive", daemon=True)
         self.saved = 0
         self.dropped = 0
         self.failed = 0
+        self.deleted = 0
+        # Other cameras' agents may share the root: this is a lower bound, made exact by a scan when it
+        # crosses the quota.
+        self._used = sum(size for _, size, _ in _files_oldest_first(root)) if root.is_dir() else 0
         self._thread.start()
+
+    def wants(self, verdict: Verdict) -> bool:
+        """Rejects and errors always; goods at the configured sample rate."""
+        return verdict.is_reject or (self._good_every > 0 and verdict.frame_id % self._good_every == 0)
 
     def submit(self, item: ArchiveItem) -> None:
         try:
@@ -69,20 +106,41 @@ class Archive:
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
             try:
-                self._save(item)
+                self._used += self._save(item)
                 self.saved += 1
+                if self._used > self.quota_bytes:
+                    self._enforce_quota()
             except (OSError, cv2.error) as exc:
                 self.failed += 1
                 log.warning("could not archive frame %d: %s", item.verdict.frame_id, exc)
 
-    def _save(self, item: ArchiveItem) -> None:
+    def _enforce_quota(self) -> None:
+        files = _files_oldest_first(self.root)
+        self._used = sum(size for _, size, _ in files)
+        target = self.quota_bytes * QUOTA_LOW_WATER
+        removed = 0
+        for _, size, path in files:
+            if self._used <= target:
+                break
+            path.unlink(missing_ok=True)  # another camera's agent may have removed it first
+            self._used -= size
+            removed += 1
+            _remove_empty_folders(path.parent, self.root)
+        self.deleted += removed
+        log.info("archive over its %.0f MB quota: removed the %d oldest file(s)", self.quota_bytes / MB, removed)
+
+    def _save(self, item: ArchiveItem) -> int:
+        """Writes the item's files; returns their bytes."""
         folder = self.folder_for(item.verdict)
         folder.mkdir(parents=True, exist_ok=True)
         stem = folder / f"{item.verdict.frame_id:08d}_{item.verdict.verdict}"
-        _write(stem.with_suffix(".png"), cv2.cvtColor(item.image, cv2.COLOR_RGB2BGR))
+        written = [stem.with_suffix(".png"), stem.with_suffix(".json")]
+        _write(written[0], cv2.cvtColor(item.image, cv2.COLOR_RGB2BGR))
         if item.anomaly_map is not None:
-            _write(Path(f"{stem}_heatmap.png"), overlay(item.image, item.anomaly_map, item.score_scale))
-        stem.with_suffix(".json").write_bytes(item.verdict.payload())
+            written.append(Path(f"{stem}_heatmap.png"))
+            _write(written[-1], overlay(item.image, item.anomaly_map, item.score_scale))
+        written[1].write_bytes(item.verdict.payload())
+        return sum(p.stat().st_size for p in written)
 
 
 def _write(path: Path, image: np.ndarray) -> None:

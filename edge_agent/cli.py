@@ -102,7 +102,11 @@ def run_command(
             log.error("%s; will keep trying", exc)
         stop = threading.Event()
         _install_signal_handlers(stop)
-        archive = Archive(cfg.archive.path) if cfg.archive.enabled else None
+        archive = (
+            Archive(cfg.archive.path, cfg.archive.quota_mb, cfg.archive.good_sample_rate)
+            if cfg.archive.enabled
+            else None
+        )
         publisher = MqttPublisher(
             cfg.mqtt, cfg.station, manifest.version, store, reject_deadline_ms=cfg.reject.deadline_ms
         )

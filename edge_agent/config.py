@@ -92,6 +92,10 @@ class RejectConfig(Strict):
 class ArchiveConfig(Strict):
     enabled: bool = True
     path: Path = Path("/var/lib/edge-agent/archive")
+    # Disk the archive may use; past it the oldest files go first, so the newest rejects are always kept.
+    quota_mb: float = Field(default=5000.0, gt=0)
+    # Share of good frames archived too (0 to 1): evidence of what "good" looked like on a given day.
+    good_sample_rate: float = Field(default=0.0, ge=0, le=1)
 
 
 class MetricsConfig(Strict):

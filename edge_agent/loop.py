@@ -233,7 +233,7 @@ class InspectionLoop:
             "publish": t5 - t4,
         }
         self._count(verdict, seconds)
-        if verdict.is_reject and self.archive is not None:
+        if self.archive is not None and self.archive.wants(verdict):
             view = frame.image if result is None else result.view
             anomaly_map = None if result is None else result.anomaly_map
             self.archive.submit(ArchiveItem(verdict, view, anomaly_map, self.model.score_scale))
