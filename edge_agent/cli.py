@@ -9,6 +9,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Annotated
 
+import numpy as np
 import typer
 
 from edge_agent.archive import Archive
@@ -28,6 +29,7 @@ from edge_agent.metrics import MQTT_CONNECTED, OUTBOX, Metrics, MetricsServer
 from edge_agent.publish.mqtt import MqttPublisher
 from edge_agent.publish.store import SqliteStore, store_path
 from edge_agent.runtimes import make_runtime
+from edge_agent.systemd import SystemdNotifier
 from edge_agent.verdict import ERROR, OK, REJECT
 
 log = logging.getLogger("edge_agent")
@@ -92,6 +94,9 @@ def run_command(
     bundle = load_edge_bundle(cfg.model.path)
     manifest = bundle.manifest
     runtime = make_runtime(bundle, cfg.model)
+    # The first inference allocates and tunes; do it before READY, so the first real frame meets its deadline.
+    runtime.infer(np.zeros((manifest.input.height, manifest.input.width, manifest.input.channels), np.uint8))
+    notifier = SystemdNotifier.from_environment()
     outbox = store_path(cfg.mqtt, camera)
     with SqliteStore(outbox, cfg.mqtt.store_max_messages) as store:
         cam = make_camera(camera, cam_cfg)
@@ -139,8 +144,11 @@ def run_command(
                     port = cfg.metrics.port + list(cfg.cameras).index(camera)
                     server = MetricsServer(metrics, cfg.metrics.host, port)
                     log.info("metrics on http://%s:%d/metrics and /healthz", cfg.metrics.host, server.port)
-                summary = InspectionLoop(cam, runtime, publisher, model, options, archive, metrics).run(stop)
+                notifier.ready(f"inspecting camera {camera} with {manifest.version}")
+                loop = InspectionLoop(cam, runtime, publisher, model, options, archive, metrics, notifier)
+                summary = loop.run(stop)
             finally:
+                notifier.stopping()
                 if server is not None:
                     server.stop()
                 cam.close()

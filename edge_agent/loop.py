@@ -22,6 +22,7 @@ from edge_agent.metrics import CAMERA_CONNECTED, DROPPED, Metrics
 from edge_agent.publish.base import Publisher
 from edge_agent.regions import find_regions
 from edge_agent.runtimes.base import Runtime
+from edge_agent.systemd import SystemdNotifier
 from edge_agent.verdict import ERROR, OK, REJECT, Verdict, decide
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class InspectionLoop:
         options: LoopOptions,
         archive: Archive | None = None,
         metrics: Metrics | None = None,
+        watchdog: SystemdNotifier | None = None,
     ) -> None:
         self.camera = camera
         self.runtime = runtime
@@ -104,6 +106,7 @@ class InspectionLoop:
         # Written by the acquisition thread, read by the metrics server; a grab that did not raise means connected.
         self._camera_connected = False
         self.metrics = metrics
+        self.watchdog = watchdog
         if metrics is not None:
             metrics.watch(DROPPED, camera.name, lambda: self._queue.dropped)
             metrics.watch(CAMERA_CONNECTED, camera.name, lambda: self._camera_connected)
@@ -165,6 +168,9 @@ class InspectionLoop:
                     continue
                 self._camera_connected = True
                 if frame is None:
+                    # A healthy camera waiting for its trigger: the liveness tick, so idle is not a hang.
+                    if self.watchdog is not None:
+                        self.watchdog.feed()
                     continue
                 failures = 0
                 last_frame = time.monotonic()
@@ -248,6 +254,9 @@ class InspectionLoop:
             s.stage_ms[stage].append(value * 1000)
         if self.metrics is not None:
             self.metrics.frame_done(verdict.camera, seconds, verdict.verdict, verdict.late)
+        # Only frames the model judged feed it: a runtime failing on every frame is worth a restart.
+        if self.watchdog is not None and verdict.verdict != ERROR:
+            self.watchdog.feed()
         level = logging.DEBUG if verdict.verdict == OK else logging.INFO
         log.log(
             level,
