@@ -20,8 +20,8 @@ from accuracy import DATASETS, data_for, parse_datasets
 from converters.bake import BakeError, BakeOptions, bake
 from edge_agent.bundle import load_edge_bundle
 from edge_agent.config import ModelConfig
-from edge_agent.geometry import combine, prepare
 from edge_agent.runtimes import make_runtime
+from edge_agent.runtimes.base import infer_frame
 from trainer.bundle import load_bundle
 from trainer.data.layouts import discover
 from trainer.fit import FitOptions, fit
@@ -36,13 +36,7 @@ PRECISIONS = ("fp32", "int8")
 def baked_scores(edge: Path, frames: list[np.ndarray], cache: Path) -> np.ndarray:
     bundle = load_edge_bundle(edge)
     runtime = make_runtime(bundle, ModelConfig(path=edge, cache_dir=cache))
-    geometry = bundle.manifest.geometry
-    scores = []
-    for frame in frames:
-        prepared = prepare(frame, geometry)
-        out = [runtime.infer(x) for x in prepared.inputs]
-        scores.append(combine(prepared, [o.anomaly_map for o in out], [o.score for o in out], geometry.mode).score)
-    return np.array(scores)
+    return np.array([infer_frame(runtime, frame, bundle.manifest.geometry).score for frame in frames])
 
 
 def main() -> None:

@@ -22,10 +22,10 @@ from converters.parity import parity_report
 from converters.quantize import quantize_openvino
 from converters.tensorrt import MODEL_ENGINE, NOT_INSTALLED, build_engine, tensorrt_available
 from edge_agent.bundle import EDGE_FORMAT_VERSION, MANIFEST, EdgeManifest, Parity
-from edge_agent.geometry import Combined, Geometry, combine, prepare
+from edge_agent.geometry import Combined, Geometry
 from edge_agent.hashing import sha256_file
 from edge_agent.imageio import list_images
-from edge_agent.runtimes.base import Runtime
+from edge_agent.runtimes.base import Runtime, infer_frame
 from edge_agent.runtimes.onnxruntime import MODEL_ONNX, OnnxRuntime
 from edge_agent.runtimes.openvino import MODEL_BIN, MODEL_XML, OpenVinoRuntime
 from trainer.bundle import MANIFEST as MODEL_MANIFEST
@@ -185,15 +185,6 @@ def bake(options: BakeOptions) -> EdgeManifest:
     return manifest
 
 
-def _run_baked(runtime: Runtime, frames: list[np.ndarray], geometry: Geometry, desc: str) -> list[Combined]:
-    combined = []
-    for frame in tqdm(frames, desc=desc, unit="img"):
-        prepared = prepare(frame, geometry)
-        outputs = [runtime.infer(x) for x in prepared.inputs]
-        combined.append(combine(prepared, [o.anomaly_map for o in outputs], [o.score for o in outputs], geometry.mode))
-    return combined
-
-
 def _scores(combined: list[Combined]) -> np.ndarray:
     return np.array([c.score for c in combined])
 
@@ -202,7 +193,7 @@ def _parity(model: nn.Module, runtime: Runtime, frames: Frames, geometry: Geomet
     """Torch against the baked graph, per whole image, on the validation images and the defects, when given."""
     images = frames.validation + frames.defects
     reference = predict(model, images, geometry)
-    baked = _run_baked(runtime, images, geometry, "parity check")
+    baked = [infer_frame(runtime, frame, geometry) for frame in tqdm(images, desc="parity check", unit="img")]
     report = parity_report(
         _scores(reference),
         _scores(baked),

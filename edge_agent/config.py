@@ -189,7 +189,7 @@ def load_config(path: Path) -> AgentConfig:
             "model": cfg.model.model_copy(
                 update={
                     "path": _resolve(cfg.model.path, base),
-                    "cache_dir": None if cfg.model.cache_dir is None else _resolve(cfg.model.cache_dir, base),
+                    "cache_dir": _maybe(cfg.model.cache_dir, base),
                 }
             ),
             "mqtt": _resolve_mqtt(cfg.mqtt, base),

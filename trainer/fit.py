@@ -15,13 +15,13 @@ import yaml
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from edge_agent.geometry import Geometry, Prepared, combine, prepare
+from edge_agent.geometry import Geometry, Prepared, prepare
 from trainer.bundle import ModelManifest, write_bundle
 from trainer.data.layouts import DataError, Dataset, discover
 from trainer.metrics import f1_max, image_auroc, score_stats
 from trainer.models import REGISTRY
 from trainer.models.prediction import Prediction
-from trainer.predict import model_inputs, predict_scores, read_frames
+from trainer.predict import combine_frames, model_inputs, predict_scores, read_frames
 
 log = logging.getLogger(__name__)
 
@@ -137,17 +137,8 @@ def _test_metrics(model: torch.nn.Module, data: Dataset, geometry: Geometry, thr
 
 def _frame_scores(validation: Prediction, prepared: list[Prepared], geometry: Geometry) -> np.ndarray:
     """One score per validation frame, combined from its inputs' predictions the way the agent combines them."""
-    maps = validation.anomaly_map[:, 0].numpy()
-    scores = validation.score.numpy()
-    out = []
-    offset = 0
-    for p in prepared:
-        k = len(p.inputs)
-        out.append(
-            combine(p, list(maps[offset : offset + k]), scores[offset : offset + k].tolist(), geometry.mode).score
-        )
-        offset += k
-    return np.array(out, dtype=np.float32)
+    maps, scores = list(validation.anomaly_map[:, 0].numpy()), validation.score.numpy().tolist()
+    return np.array([c.score for c in combine_frames(prepared, maps, scores, geometry)], dtype=np.float32)
 
 
 def fit(options: FitOptions) -> ModelManifest:

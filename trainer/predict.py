@@ -52,6 +52,13 @@ def predict(model: nn.Module, frames: Sequence[np.ndarray], geometry: Geometry) 
         out = model(torch.from_numpy(inputs[start : start + PREDICT_BATCH]))
         maps.extend(out.anomaly_map[:, 0].float().numpy())
         scores.extend(out.score.float().numpy().tolist())
+    return combine_frames(prepared, maps, scores, geometry)
+
+
+def combine_frames(
+    prepared: Sequence[Prepared], maps: Sequence[np.ndarray], scores: Sequence[float], geometry: Geometry
+) -> list[Combined]:
+    """Per frame, its inputs' maps and scores (consecutive in `maps` / `scores`) combined into one."""
     combined: list[Combined] = []
     offset = 0
     for p in prepared:

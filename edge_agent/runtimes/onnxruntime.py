@@ -28,7 +28,6 @@ def provider_options(provider: str, precision: str, cache_dir: Path | None) -> d
     options: dict[str, Any] = {"trt_fp16_enable": precision == "fp16"}
     if cache_dir is not None:
         # Building a TensorRT engine takes minutes; the cache makes every later start take seconds.
-        cache_dir.mkdir(parents=True, exist_ok=True)
         options |= {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir)}
     return options
 

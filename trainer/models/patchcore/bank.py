@@ -1,7 +1,7 @@
 """The quantized memory bank: int8 codes with one scale per block of dimensions, or product quantization (PQ).
 
 int8 blocks are the backbone taps. One scale per block lets the query features be quantized the same way, so
-each block's distance matmul runs on int8 x int8 with exact integer sums (see PatchCore._distances). PQ decodes
+each block's distance matmul runs on int8 x int8 with exact integer sums (see PatchCore._blocks). PQ decodes
 to float inside `forward` (a gather), so only the stored file is smaller.
 """
 
