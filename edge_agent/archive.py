@@ -80,8 +80,8 @@ class Archive:
         self.failed = 0
         self.deleted = 0
         # Other cameras' agents may share the root: this is a lower bound, made exact by a scan when it
-        # crosses the quota.
-        self._used = sum(size for _, size, _ in _files_oldest_first(root)) if root.is_dir() else 0
+        # crosses the quota. The first count runs on the archive thread, so a big archive never slows start-up.
+        self._used = 0
         self._thread.start()
 
     def wants(self, verdict: Verdict) -> bool:
@@ -104,6 +104,7 @@ class Archive:
         return self.root / day / verdict.camera
 
     def _work(self) -> None:
+        self._used = sum(size for _, size, _ in _files_oldest_first(self.root)) if self.root.is_dir() else 0
         while (item := self._queue.get()) is not None:
             try:
                 self._used += self._save(item)
