@@ -14,6 +14,7 @@ from trainer.data.layouts import DataError
 from trainer.data.synthetic import SyntheticSpec, generate
 from trainer.evaluate import evaluate, write_report
 from trainer.fit import FitOptions, RecipeError, fit
+from trainer.models.training import TrainingError
 from trainer.report import summary_table
 
 
@@ -41,6 +42,7 @@ def fit_command(
         ThresholdMethod, typer.Option(help="quantile of held-out goods, or F1-optimal on labelled test images")
     ] = ThresholdMethod.quantile,
     seed: Annotated[int, typer.Option(help="seed of the hold-out split")] = 0,
+    device: Annotated[str, typer.Option(help="where trained models (simplenet, fastflow) train: cpu or cuda")] = "cpu",
 ) -> None:
     """Learn from good images and write a model bundle.
 
@@ -57,6 +59,7 @@ def fit_command(
         threshold_quantile=threshold_quantile,
         threshold=threshold.value,
         seed=seed,
+        device=device,
     )
     manifest = fit(options)
     typer.echo(f"wrote {out}: {manifest.model}, threshold {manifest.threshold:.4g}, {manifest.fit_summary}")
@@ -100,7 +103,7 @@ def eval_command(
 
 
 def main() -> None:
-    run_cli(app, (DataError, RecipeError, BundleError, OSError))
+    run_cli(app, (DataError, RecipeError, BundleError, TrainingError, OSError))
 
 
 if __name__ == "__main__":

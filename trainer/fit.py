@@ -44,6 +44,7 @@ class FitOptions:
     threshold_quantile: float = 0.99
     threshold: str = "quantile"  # or "f1": the F1-optimal threshold on labelled test images
     seed: int = 0
+    device: str = "cpu"  # where models that train (SimpleNet, FastFlow) train: cpu or cuda
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,16 @@ def load_recipe(model: str, path: Path | None) -> Recipe:
     except ValidationError as exc:
         raise _recipe_error(exc, "geometry.") from None
     return Recipe(model_recipe, geometry)
+
+
+def training_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RecipeError(f"--device {name}: not a torch device; use cpu or cuda (cuda:1 for a second GPU)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RecipeError(f"--device {name}: this torch build sees no CUDA GPU; use --device cpu")
+    return device
 
 
 def calibrate_threshold(val_scores: np.ndarray, quantile: float) -> float:
@@ -157,10 +168,11 @@ def fit(options: FitOptions) -> ModelManifest:
     val_groups = np.repeat(np.arange(len(val_prepared)), [len(p.inputs) for p in val_prepared])
 
     torch.manual_seed(recipe.model.seed)
-    model = REGISTRY[options.model].model(recipe.model)
+    model = REGISTRY[options.model].model(recipe.model).to(training_device(options.device))
     with tqdm(total=len(inputs) + len(val_inputs), desc=f"fitting {options.model}", unit="input") as bar:
         result = model.fit(inputs, val_inputs, progress=bar.update, val_groups=val_groups)
     del inputs, val_inputs
+    model.cpu().eval()
 
     val_scores = _frame_scores(result.validation, val_prepared, geometry)
     threshold = calibrate_threshold(val_scores, options.threshold_quantile)
