@@ -32,6 +32,7 @@ FP16_REL_TOLERANCE = 1e-2
 # together that int8 noise swaps a few of them, which is all this bound lets through.
 INT8_MIN_SPEARMAN_TINY = 0.85
 INT8_MIN_AGREEMENT = 0.99
+TINY_EPOCHS = 3
 TARGETS = [("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "int8"), ("onnx", "fp32")]
 
 
@@ -42,7 +43,10 @@ def bundle(request: pytest.FixtureRequest, pipeline: Pipeline, tmp_path_factory:
         return pipeline.model
     out = tmp_path_factory.mktemp(name) / "model"
     recipe = out.parent / "recipe.yaml"
-    recipe.write_text(f"input_size: [{TEST_SIZE}, {TEST_SIZE}]\n")
+    keys = f"input_size: [{TEST_SIZE}, {TEST_SIZE}]\n"
+    if "epochs" in REGISTRY[name].recipe.model_fields:
+        keys += f"epochs: {TINY_EPOCHS}\n"  # a parity test needs a fitted model, not a good one
+    recipe.write_text(keys)
     fit(FitOptions(data=pipeline.data, model=name, out=out, recipe=recipe))
     return out
 

@@ -20,6 +20,11 @@ HEAD_CHANNELS = 1280
 IMAGENET_CLASSES = 1000
 
 
+# Lite0 was trained on inputs scaled to [-1, 1].
+LITE_MEAN = 127.0
+LITE_STD = 128.0
+
+
 @dataclass(frozen=True)
 class Stage:
     kernel: int
@@ -116,6 +121,12 @@ class EfficientNetLite(nn.Module):
         y = self.act(self._bn1(self._conv_head(y)))
         logits: torch.Tensor = self._fc(torch.flatten(y.mean(dim=(2, 3)), 1))
         return logits
+
+
+def lite_input(image: torch.Tensor) -> torch.Tensor:
+    """Camera pixels (uint8 N x H x W x 3) as the float N x 3 x H x W input Lite0 was trained on, in [-1, 1].
+    Models call this first in `forward`, so normalization is part of the exported graph."""
+    return (image.permute(0, 3, 1, 2).float() - LITE_MEAN) / LITE_STD
 
 
 def lite0_weights_path() -> Path:

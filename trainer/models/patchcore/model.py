@@ -8,7 +8,6 @@ feeds camera pixels straight in.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 
@@ -19,15 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from trainer.acceleration import batched_features
-from trainer.backbones.efficientnet_lite import efficientnet_lite0
+from trainer.backbones.efficientnet_lite import efficientnet_lite0, lite_input
 from trainer.models.fit_result import FitResult
 from trainer.models.patchcore.bank import Quantization, block_scales, int8_encode, pq_decode, pq_encode
 from trainer.models.patchcore.coreset import greedy_coreset
 from trainer.models.prediction import Prediction
+from trainer.models.smoothing import blur, gaussian_kernel
 
-# Lite0 was trained on inputs scaled to [-1, 1].
-LITE_MEAN = 127.0
-LITE_STD = 128.0
 NEIGHBOURHOOD = 3
 FLOAT_BYTES = 4
 # Added to the squared distance of a hidden bank entry: far beyond any real feature distance.
@@ -59,13 +56,6 @@ class PatchCoreRecipe(BaseModel):
     blur_sigma: float = Field(default=4.0, ge=0)
     batch_size: int = Field(default=16, ge=1)
     seed: int = 0
-
-
-def gaussian_kernel(sigma: float) -> torch.Tensor:
-    radius = max(1, math.ceil(3 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-(x**2) / (2 * sigma**2))
-    return k / k.sum()
 
 
 def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -101,9 +91,7 @@ class PatchCore(nn.Module):
             self.register_buffer("bank_codes", torch.zeros(0, subspaces, dtype=torch.uint8))
             self.register_buffer("bank_codebooks", torch.zeros(subspaces, 0, recipe.pq_subvector_dim))
         self.register_buffer("bank_neighbours", torch.zeros(0, recipe.reweight_neighbours, dtype=torch.int64))
-        kernel = gaussian_kernel(recipe.blur_sigma) if recipe.blur_sigma > 0 else torch.ones(1)
-        self.register_buffer("blur_kernel", kernel)
-        self.blur_radius = kernel.numel() // 2
+        self.register_buffer("blur_kernel", gaussian_kernel(recipe.blur_sigma))
         self.eval()
 
     def memory_bank(self) -> torch.Tensor:
@@ -124,20 +112,11 @@ class PatchCore(nn.Module):
 
     def embed(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 N x H x W x 3 -> locally aware patch features N x D x h x w at the first tap's stride."""
-        x = (image.permute(0, 3, 1, 2).float() - LITE_MEAN) / LITE_STD
-        taps = self.backbone.features(x, self.recipe.taps)
+        taps = self.backbone.features(lite_input(image), self.recipe.taps)
         pooled = [F.avg_pool2d(t, NEIGHBOURHOOD, stride=1, padding=NEIGHBOURHOOD // 2) for t in taps]
         size = pooled[0].shape[-2:]
         resized = [pooled[0]] + [F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in pooled[1:]]
         return torch.cat(resized, dim=1)
-
-    def _blur(self, amap: torch.Tensor) -> torch.Tensor:
-        k, r = self.blur_kernel, self.blur_radius
-        if r == 0:
-            return amap
-        amap = F.pad(amap, (r, r, r, r), mode="replicate")
-        amap = F.conv2d(amap, k.view(1, 1, 1, -1))
-        return F.conv2d(amap, k.view(1, 1, -1, 1))
 
     def _reweight(
         self, patches: torch.Tensor, nearest_sq: torch.Tensor, bank: torch.Tensor, hide: torch.Tensor | None
@@ -201,7 +180,7 @@ class PatchCore(nn.Module):
         nearest_sq = self._nearest_squared(patches, bank, per_patch_hide)
         amap = nearest_sq.sqrt().reshape(n, 1, h, w)
         amap = F.interpolate(amap, size=size, mode="bilinear", align_corners=False)
-        amap = self._blur(amap)
+        amap = blur(amap, self.blur_kernel)
         score = amap.amax(dim=(1, 2, 3))
         if self.recipe.reweight_neighbours > 0:
             score = score * self._reweight(patches, nearest_sq.reshape(n, h * w), bank, hide)
