@@ -26,13 +26,46 @@ class FolderCameraConfig(Strict):
     queue_size: int = Field(default=4, ge=1)
 
 
+class RoiConfig(Strict):
+    """The sensor window, in sensor pixels: a smaller window is less to transfer and faster to read out."""
+
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    offset_x: int = Field(default=0, ge=0)
+    offset_y: int = Field(default=0, ge=0)
+
+
 class GenicamCameraConfig(Strict):
+    """A GenICam device. A setting left out keeps the device's own value; a setting given on a device
+    without its node is an error that names the node."""
+
     source: Literal["genicam"]
     cti: str = "viky"  # 'viky' is the simulator in the genicam package; otherwise a path to a .cti
     device: int | str = 0  # index, serial number or user-defined name
     trigger: Literal["free-run", "software", "hardware"] = "free-run"
+    # software: frames per second the agent triggers at (unset: one trigger per grab, as fast as the loop runs)
+    trigger_rate_hz: float | None = Field(default=None, gt=0)
+    trigger_line: str = "Line0"  # hardware: the input line the part sensor or PLC drives
+    trigger_activation: Literal["RisingEdge", "FallingEdge", "AnyEdge", "LevelHigh", "LevelLow"] = "RisingEdge"
+    pixel_format: str | None = None  # a PFNC name, e.g. Mono8, BayerRG8, Mono12p
+    exposure_us: float | None = Field(default=None, gt=0)  # turns ExposureAuto off where the device has it
+    gain_db: float | None = Field(default=None, ge=0)  # turns GainAuto off where the device has it
+    frame_rate: float | None = Field(default=None, gt=0)  # free-run: AcquisitionFrameRate
+    roi: RoiConfig | None = None
+    buffer_count: int | None = Field(default=None, ge=1, description="frame buffers the producer fills")
     timeout_s: float = Field(default=2.0, gt=0)
     queue_size: int = Field(default=4, ge=1)
+
+    @model_validator(mode="after")
+    def _known_pixel_format(self) -> GenicamCameraConfig:
+        # Imported here: the cameras package imports this module.
+        from edge_agent.cameras.pixel_formats import SUPPORTED_PIXEL_FORMATS
+
+        if self.pixel_format is not None and self.pixel_format not in SUPPORTED_PIXEL_FORMATS:
+            raise ValueError(
+                f"pixel format {self.pixel_format!r} is not supported; use one of {', '.join(SUPPORTED_PIXEL_FORMATS)}"
+            )
+        return self
 
 
 CameraConfig = Annotated[FolderCameraConfig | GenicamCameraConfig, Field(discriminator="source")]

@@ -7,6 +7,7 @@ import logging
 import time
 from pathlib import Path
 
+from edge_agent.cameras.pacing import Pacer
 from edge_agent.config import FolderCameraConfig
 from edge_agent.errors import CameraError, EndOfStream
 from edge_agent.frames import Frame
@@ -24,7 +25,7 @@ class FolderCamera:
         self._files: list[Path] = []
         self._index = 0
         self._frame_id = 0
-        self._next_due = 0.0
+        self._pacer = Pacer(config.fps)
         self.unreadable = 0
 
     def open(self) -> None:
@@ -35,7 +36,7 @@ class FolderCamera:
         if not self._files:
             raise CameraError(f"camera '{self.name}': no images (png/jpg/bmp/tif) in {folder}")
         self._index = 0
-        self._next_due = time.monotonic()
+        self._pacer.restart()
 
     def grab(self, timeout_s: float) -> Frame | None:
         if not self._files:
@@ -45,14 +46,8 @@ class FolderCamera:
                 if not self._config.loop:
                     raise EndOfStream
                 self._index = 0
-            if self._config.fps is not None:
-                wait = self._next_due - time.monotonic()
-                if wait > timeout_s:
-                    time.sleep(timeout_s)
-                    return None
-                if wait > 0:
-                    time.sleep(wait)
-                self._next_due = max(self._next_due, time.monotonic() - 1.0) + 1.0 / self._config.fps
+            if not self._pacer.wait(timeout_s):
+                return None
             path = self._files[self._index]
             self._index += 1
             try:

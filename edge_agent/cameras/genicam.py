@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import genicam
 import numpy as np
 from genicam.genapi import GenericException as GenApiError
@@ -19,6 +18,8 @@ from genicam.gentl import GenericException as GenTLError
 from genicam.gentl import TimeoutException
 from harvesters.core import Harvester
 
+from edge_agent.cameras.pacing import Pacer
+from edge_agent.cameras.pixel_formats import to_rgb_or_mono
 from edge_agent.config import GenicamCameraConfig
 from edge_agent.errors import CameraError, CameraUnavailable
 from edge_agent.frames import Frame
@@ -27,79 +28,6 @@ logger = logging.getLogger(__name__)
 
 VIKY = "viky"
 _MIN_TIMEOUT_S = 0.001  # harvesters treats a timeout of 0 as "wait for ever"
-
-# PFNC names the Bayer tile by its top-left 2 x 2 cells (BayerRG8: R G / G B). OpenCV's historical
-# two-letter codes name a tile offset by one pixel (COLOR_BayerBG2RGB is the RGGB tile), so use the
-# unambiguous four-letter aliases.
-_BAYER_TO_RGB: dict[str, int] = {
-    "BayerRG8": cv2.COLOR_BayerRGGB2RGB,
-    "BayerGR8": cv2.COLOR_BayerGRBG2RGB,
-    "BayerBG8": cv2.COLOR_BayerBGGR2RGB,
-    "BayerGB8": cv2.COLOR_BayerGBRG2RGB,
-}
-_MONO_DEEP_BITS: dict[str, int] = {"Mono10": 10, "Mono12": 12, "Mono16": 16}
-_CHANNELS: dict[str, int] = {"RGB8": 3, "BGR8": 3, "RGBa8": 4, "BGRa8": 4}
-
-SUPPORTED_PIXEL_FORMATS: tuple[str, ...] = ("Mono8", *_MONO_DEEP_BITS, *_CHANNELS, *_BAYER_TO_RGB)
-
-
-def to_rgb_or_mono(data: np.ndarray, width: int, height: int, pixel_format: str) -> np.ndarray:
-    """The pixels of one buffer as H x W (mono) or H x W x 3 (RGB) uint8.
-
-    `data` is the component data harvesters hands out: flat (or already shaped) uint8 for 8-bit
-    formats, uint16 for the unpacked 10/12/16-bit mono formats (raw little-endian bytes are
-    accepted too). Rows may carry trailing padding; it is cropped. The result may share memory with
-    `data`: copy the buffer first if it is going back to the producer.
-    """
-    if pixel_format == "Mono8":
-        return _rows(_as_dtype(data, np.uint8, pixel_format), width, height, 1, pixel_format)
-    if pixel_format in _MONO_DEEP_BITS:
-        bits = _MONO_DEEP_BITS[pixel_format]
-        deep = _rows(_as_dtype(data, np.uint16, pixel_format), width, height, 1, pixel_format)
-        top = (1 << bits) - 1
-        scaled: np.ndarray = (np.minimum(deep, top) >> (bits - 8)).astype(np.uint8)
-        return scaled
-    if pixel_format in _CHANNELS:
-        channels = _CHANNELS[pixel_format]
-        pixels = _rows(_as_dtype(data, np.uint8, pixel_format), width, height, channels, pixel_format)
-        rgb = pixels[:, :, :3]
-        if pixel_format.startswith("BGR"):
-            rgb = rgb[:, :, ::-1]
-        return np.ascontiguousarray(rgb)
-    if pixel_format in _BAYER_TO_RGB:
-        mosaic = np.ascontiguousarray(_rows(_as_dtype(data, np.uint8, pixel_format), width, height, 1, pixel_format))
-        return np.asarray(cv2.cvtColor(mosaic, _BAYER_TO_RGB[pixel_format]), dtype=np.uint8)
-    raise CameraError(
-        f"unsupported pixel format {pixel_format!r}; supported: {', '.join(SUPPORTED_PIXEL_FORMATS)}. "
-        "Set the camera's PixelFormat to one of these."
-    )
-
-
-def _as_dtype(data: np.ndarray, dtype: type[np.uint8] | type[np.uint16], pixel_format: str) -> np.ndarray:
-    if data.dtype == dtype:
-        return data
-    if data.dtype == np.uint8 and dtype is np.uint16:
-        flat = np.ascontiguousarray(data).reshape(-1)
-        if flat.size % 2:
-            raise CameraError(f"{pixel_format} buffer has an odd number of bytes ({flat.size})")
-        return flat.view("<u2")
-    raise CameraError(f"{pixel_format} buffer holds {data.dtype} data, expected {np.dtype(dtype).name}")
-
-
-def _rows(data: np.ndarray, width: int, height: int, channels: int, pixel_format: str) -> np.ndarray:
-    """Reshape to H x W (x C), dropping any padding at the end of each row."""
-    if width <= 0 or height <= 0:
-        raise CameraError(f"{pixel_format} buffer reports an empty image ({width} x {height})")
-    flat = data.reshape(-1)
-    row = width * channels
-    if flat.size < row * height or flat.size % height:
-        raise CameraError(
-            f"{pixel_format} buffer holds {flat.size} values, which does not fit {width} x {height}"
-            f"{f' x {channels}' if channels > 1 else ''}"
-        )
-    stride = flat.size // height
-    shaped = flat.reshape(height, stride)[:, :row]
-    return shaped if channels == 1 else shaped.reshape(height, width, channels)
 
 
 def resolve_cti(cti: str) -> Path:
@@ -160,6 +88,7 @@ class GenicamCamera:
         self._harvester: Any | None = None
         self._acquirer: Any | None = None
         self._software_trigger = False
+        self._trigger_pacer = Pacer(config.trigger_rate_hz)
         self._frames = 0
 
     @property
@@ -203,7 +132,9 @@ class GenicamCamera:
             raise CameraUnavailable(
                 f"camera {self.name}: could not open device {self.source} (in use by another program?): {e}"
             ) from e
-        self._apply_trigger(self._acquirer.remote_device.node_map)
+        self._configure(self._acquirer.remote_device.node_map)
+        if self.config.buffer_count is not None:
+            self._acquirer.num_buffers = self.config.buffer_count
         try:
             self._acquirer.start()
         except Exception as e:
@@ -213,8 +144,35 @@ class GenicamCamera:
         self._frames = 0
         logger.info("camera %s: device %s of %s open, trigger %s", self.name, self.source, cti, self.config.trigger)
 
+    def _configure(self, node_map: Any) -> None:
+        """Write the config's settings to the device, in an order that keeps each write valid: the pixel
+        format and window before the timing, the trigger last."""
+        cfg = self.config
+        if cfg.pixel_format is not None:
+            self._write(node_map, "PixelFormat", cfg.pixel_format, "pixel_format")
+        if cfg.roi is not None:
+            # Offsets first to 0, so a wider window fits; then the size, then the wanted offsets.
+            for node in ("OffsetX", "OffsetY"):
+                self._write_optional(node_map, node, 0)
+            self._write(node_map, "Width", cfg.roi.width, "roi.width")
+            self._write(node_map, "Height", cfg.roi.height, "roi.height")
+            for node, offset, field in (("OffsetX", cfg.roi.offset_x, "x"), ("OffsetY", cfg.roi.offset_y, "y")):
+                if offset:
+                    self._write(node_map, node, offset, f"roi.offset_{field}")
+        if cfg.exposure_us is not None:
+            self._write_optional(node_map, "ExposureAuto", "Off")
+            self._write(node_map, "ExposureTime", cfg.exposure_us, "exposure_us")
+        if cfg.gain_db is not None:
+            self._write_optional(node_map, "GainAuto", "Off")
+            self._write(node_map, "Gain", cfg.gain_db, "gain_db")
+        if cfg.frame_rate is not None:
+            self._write_optional(node_map, "AcquisitionFrameRateEnable", True)
+            self._write(node_map, "AcquisitionFrameRate", cfg.frame_rate, "frame_rate")
+        self._apply_trigger(node_map)
+
     def _apply_trigger(self, node_map: Any) -> None:
-        trigger = self.config.trigger
+        cfg = self.config
+        trigger = cfg.trigger
         if trigger == "free-run":
             if not node_map.has_node("TriggerMode"):
                 logger.debug("camera %s: device has no TriggerMode node; assuming it free-runs", self.name)
@@ -231,8 +189,31 @@ class GenicamCamera:
             )
         self._select_frame_start(node_map)
         self._set(node_map, "TriggerMode", "On")
-        self._set(node_map, "TriggerSource", "Software" if trigger == "software" else "Line0")
-        self._software_trigger = trigger == "software"
+        if trigger == "software":
+            self._set(node_map, "TriggerSource", "Software")
+            self._software_trigger = True
+            return
+        self._set(node_map, "TriggerSource", cfg.trigger_line)
+        if "trigger_activation" in cfg.model_fields_set:
+            self._write(node_map, "TriggerActivation", cfg.trigger_activation, "trigger_activation")
+        else:
+            self._write_optional(node_map, "TriggerActivation", cfg.trigger_activation)
+
+    def _write(self, node_map: Any, node: str, value: object, field: str) -> None:
+        """A setting the config asks for: a device without the node is a config error that names both."""
+        if not node_map.has_node(node):
+            raise CameraError(
+                f"camera {self.name}: the config sets '{field}', but device {self.source} has no GenICam node "
+                f"{node}; remove '{field}' from the camera's config"
+            )
+        self._set(node_map, node, value)
+
+    def _write_optional(self, node_map: Any, node: str, value: object) -> None:
+        """A default the config did not ask for: skipped on a device without the node."""
+        if not node_map.has_node(node):
+            logger.debug("camera %s: device %s has no %s node; leaving it out", self.name, self.source, node)
+            return
+        self._set(node_map, node, value)
 
     def _select_frame_start(self, node_map: Any) -> None:
         if not node_map.has_node("TriggerSelector"):
@@ -244,7 +225,7 @@ class GenicamCamera:
         if "FrameStart" in entries:
             self._set(node_map, "TriggerSelector", "FrameStart")
 
-    def _set(self, node_map: Any, node: str, value: str) -> None:
+    def _set(self, node_map: Any, node: str, value: object) -> None:
         try:
             node_map.get_node(node).value = value
         except Exception as e:
@@ -258,6 +239,8 @@ class GenicamCamera:
             raise CameraError(f"camera {self.name} is not open")
         try:
             if self._software_trigger:
+                if not self._trigger_pacer.wait(timeout_s):
+                    return None
                 acquirer.remote_device.node_map.get_node("TriggerSoftware").execute()
             buffer = acquirer.fetch(timeout=max(timeout_s, _MIN_TIMEOUT_S))
             if buffer is None:  # the producer handed over a buffer without usable information

@@ -13,7 +13,8 @@ import pytest
 from harvesters.core import Harvester
 
 from edge_agent.cameras.base import Camera
-from edge_agent.cameras.genicam import GenicamCamera, resolve_cti, to_rgb_or_mono
+from edge_agent.cameras.genicam import GenicamCamera, resolve_cti
+from edge_agent.cameras.pixel_formats import to_rgb_or_mono
 from edge_agent.config import GenicamCameraConfig
 from edge_agent.errors import CameraError
 from edge_agent.frames import Frame
@@ -285,3 +286,74 @@ def test_unsupported_pixel_format_is_named() -> None:
 def test_buffer_of_the_wrong_size() -> None:
     with pytest.raises(CameraError, match="does not fit"):
         to_rgb_or_mono(np.zeros(10, np.uint8), 4, 4, "Mono8")
+
+
+# --- settings from the config, on the real simulator ------------------------------------------------
+
+
+def test_pixel_format_and_window_from_the_config(open_camera: OpenCamera) -> None:
+    camera = open_camera(pixel_format="Mono8", roi={"width": 200, "height": 120}, frame_rate=10.0, buffer_count=5)
+    frame = grab_frames(camera, 1)[0]
+    assert frame.image.shape == (120, 200)
+
+
+@pytest.mark.parametrize(
+    ("fields", "node"),
+    [
+        ({"exposure_us": 500.0}, "ExposureTime"),
+        ({"gain_db": 3.0}, "Gain"),
+        ({"roi": {"width": 128, "height": 128, "offset_x": 8}}, "OffsetX"),
+    ],
+)
+def test_a_setting_on_a_missing_node_names_the_node_and_the_field(fields: dict[str, Any], node: str) -> None:
+    camera = GenicamCamera("gige0", GenicamCameraConfig(source="genicam", **fields))
+    with pytest.raises(CameraError, match=f"no GenICam node {node}") as caught:
+        camera.open()
+    assert f"'{next(iter(fields))}" in str(caught.value)
+    assert not camera.is_open
+
+
+def test_an_unsupported_pixel_format_is_a_config_error() -> None:
+    with pytest.raises(ValueError, match="YUV422"):
+        GenicamCameraConfig(source="genicam", pixel_format="YUV422_8")
+
+
+# --- packed mono, against a packer written bit by bit -------------------------------------------------
+
+
+def pack_pfnc(values: list[int], bits: int) -> np.ndarray:
+    """PFNC `p` packing: one little-endian bit stream, pixel after pixel."""
+    stream = sum(v << (i * bits) for i, v in enumerate(values))
+    size = -(-len(values) * bits // 8)
+    return np.frombuffer(stream.to_bytes(size, "little"), np.uint8)
+
+
+def pack_gige(values: list[int], bits: int) -> np.ndarray:
+    """GigE Vision `Packed`: two pixels in three bytes, high bits in bytes 0 and 2, low bits in byte 1."""
+    low = bits - 8
+    out = []
+    for a, b in zip(values[::2], values[1::2], strict=True):
+        out += [a >> low, (a & ((1 << low) - 1)) | ((b & ((1 << low) - 1)) << 4), b >> low]
+    return np.array(out, np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("pixel_format", "bits", "pack"),
+    [
+        ("Mono10p", 10, pack_pfnc),
+        ("Mono12p", 12, pack_pfnc),
+        ("Mono10Packed", 10, pack_gige),
+        ("Mono12Packed", 12, pack_gige),
+    ],
+)
+def test_packed_mono_unpacks_to_the_top_8_bits(pixel_format: str, bits: int, pack: Any) -> None:
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 1 << bits, size=6 * 4).tolist()
+    out = to_rgb_or_mono(pack(values, bits), 6, 4, pixel_format)
+    expected = (np.array(values) >> (bits - 8)).reshape(4, 6)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_packed_buffer_too_short() -> None:
+    with pytest.raises(CameraError, match="needs 15"):
+        to_rgb_or_mono(np.zeros(10, np.uint8), 4, 3, "Mono10p")
