@@ -32,6 +32,7 @@ class ArchiveItem:
     image: np.ndarray  # the model input, H x W x 3 RGB uint8
     anomaly_map: np.ndarray | None  # H x W float32
     score_scale: float
+    snapshot: bool = False  # asked for by a command, whatever the verdict
 
 
 def overlay(image: np.ndarray, anomaly_map: np.ndarray, score_scale: float) -> np.ndarray:
@@ -88,12 +89,15 @@ class Archive:
         """Rejects and errors always; goods at the configured sample rate."""
         return verdict.is_reject or (self._good_every > 0 and verdict.frame_id % self._good_every == 0)
 
-    def submit(self, item: ArchiveItem) -> None:
+    def submit(self, item: ArchiveItem) -> bool:
+        """Queue the item for the archive thread; False when the archive is too far behind to take it."""
         try:
             self._queue.put_nowait(item)
         except queue.Full:
             self.dropped += 1
             log.warning("archive is behind; not saving frame %d", item.verdict.frame_id)
+            return False
+        return True
 
     def close(self) -> None:
         self._queue.put(None)
@@ -102,6 +106,11 @@ class Archive:
     def folder_for(self, verdict: Verdict) -> Path:
         day = dt.datetime.fromtimestamp(verdict.captured_at).strftime("%Y-%m-%d")
         return self.root / day / verdict.camera
+
+    def image_path(self, item: ArchiveItem) -> Path:
+        """Where the item's image goes; its heatmap and verdict JSON go beside it with the same stem."""
+        suffix = "_snapshot" if item.snapshot else ""
+        return self.folder_for(item.verdict) / f"{item.verdict.frame_id:08d}_{item.verdict.verdict}{suffix}.png"
 
     def _work(self) -> None:
         self._used = sum(size for _, size, _ in _files_oldest_first(self.root)) if self.root.is_dir() else 0
@@ -132,9 +141,9 @@ class Archive:
 
     def _save(self, item: ArchiveItem) -> int:
         """Writes the item's files; returns their bytes."""
-        folder = self.folder_for(item.verdict)
-        folder.mkdir(parents=True, exist_ok=True)
-        stem = folder / f"{item.verdict.frame_id:08d}_{item.verdict.verdict}"
+        image_path = self.image_path(item)
+        image_path.parent.mkdir(parents=True, exist_ok=True)
+        stem = image_path.with_suffix("")
         written = [stem.with_suffix(".png"), stem.with_suffix(".json")]
         _write(written[0], cv2.cvtColor(item.image, cv2.COLOR_RGB2BGR))
         if item.anomaly_map is not None:

@@ -9,11 +9,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from edge_agent.archive import Archive
-from edge_agent.bundle import load_edge_bundle
 from edge_agent.cameras import make_camera
 from edge_agent.config import (
     DEFAULT_CONFIG_PATH,
@@ -23,12 +21,13 @@ from edge_agent.config import (
     load_config,
 )
 from edge_agent.console import run_cli, setup_logging
+from edge_agent.control import Command, CommandError, Controller, parse_command
 from edge_agent.errors import AgentError, CameraUnavailable
-from edge_agent.loop import InspectionLoop, LoopOptions, ModelInfo, RunSummary
+from edge_agent.loop import InspectionLoop, LoopOptions, RunSummary
 from edge_agent.metrics import MQTT_CONNECTED, OUTBOX, Metrics, MetricsServer
-from edge_agent.publish.mqtt import MqttPublisher
+from edge_agent.model import load_model
+from edge_agent.publish.mqtt import CommandHandler, MqttPublisher
 from edge_agent.publish.store import SqliteStore, store_path
-from edge_agent.runtimes import make_runtime
 from edge_agent.systemd import SystemdNotifier
 from edge_agent.verdict import ERROR, OK, REJECT
 
@@ -45,7 +44,7 @@ def _root() -> None:
     """Inspect camera frames with a baked model and publish verdicts over MQTT."""
 
 
-def _install_signal_handlers(stop: threading.Event) -> None:
+def _install_signal_handlers(stop: threading.Event, controller: Controller) -> None:
     def handle(signum: int, _frame: FrameType | None) -> None:
         if stop.is_set():
             log.warning("already stopping; waiting for in-flight verdicts to be delivered")
@@ -53,8 +52,26 @@ def _install_signal_handlers(stop: threading.Event) -> None:
             log.info("%s received: finishing in-flight frames, then stopping", signal.Signals(signum).name)
         stop.set()
 
+    def reload(_signum: int, _frame: FrameType | None) -> None:
+        log.info("SIGHUP received: reloading the model")
+        controller.submit(Command("reload"))
+
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGHUP, reload)
+
+
+def _command_handler(camera: str, controller: Controller, publisher: MqttPublisher) -> CommandHandler:
+    def handle(verb: str, payload: bytes) -> None:
+        try:
+            command = parse_command(verb, payload)
+        except CommandError as exc:
+            log.warning("MQTT command refused: %s", exc)
+            publisher.publish_event(camera, "command_refused", {"reason": str(exc)})
+            return
+        controller.submit(command)
+
+    return handle
 
 
 def _report(name: str, summary: RunSummary, cfg: AgentConfig, archive: Archive | None) -> None:
@@ -91,11 +108,9 @@ def run_command(
     setup_logging(verbose)
     cfg = load_config(config)
     cam_cfg = cfg.camera(camera)
-    bundle = load_edge_bundle(cfg.model.path)
-    manifest = bundle.manifest
-    runtime = make_runtime(bundle, cfg.model)
-    # The first inference allocates and tunes; do it before READY, so the first real frame meets its deadline.
-    runtime.infer(np.zeros((manifest.input.height, manifest.input.width, manifest.input.channels), np.uint8))
+    # Warmed up before READY, so the first real frame meets its deadline.
+    model = load_model(cfg.model.path, cfg.model)
+    version = model.info.version
     notifier = SystemdNotifier.from_environment()
     outbox = store_path(cfg.mqtt, camera)
     with SqliteStore(outbox, cfg.mqtt.store_max_messages) as store:
@@ -106,19 +121,14 @@ def run_command(
             # A camera powered up after the PC is normal on a line: keep trying instead of exiting.
             log.error("%s; will keep trying", exc)
         stop = threading.Event()
-        _install_signal_handlers(stop)
         archive = (
             Archive(cfg.archive.path, cfg.archive.quota_mb, cfg.archive.good_sample_rate)
             if cfg.archive.enabled
             else None
         )
-        publisher = MqttPublisher(
-            cfg.mqtt, cfg.station, manifest.version, store, reject_deadline_ms=cfg.reject.deadline_ms
-        )
+        publisher = MqttPublisher(cfg.mqtt, cfg.station, version, store, reject_deadline_ms=cfg.reject.deadline_ms)
         # Stopped before the store closes, on every path: its sender thread reads the store.
         try:
-            publisher.start()
-            model = ModelInfo(manifest.version, manifest.threshold, manifest.score_scale, manifest.geometry)
             grab_timeout_s, frame_timeout_s = _camera_timeouts(cam_cfg)
             options = LoopOptions(
                 max_frames=max_frames,
@@ -131,24 +141,36 @@ def run_command(
                 frame_timeout_s=frame_timeout_s,
             )
             where = f"{cfg.mqtt.host}:{cfg.mqtt.port}"
-            log.info("ready: camera '%s', model %s, publishing to %s", camera, manifest.version, where)
             metrics: Metrics | None = None
             server: MetricsServer | None = None
             if cfg.metrics.enabled:
-                metrics = Metrics(manifest.version, cfg.metrics.health_timeout_s)
+                metrics = Metrics(version, cfg.metrics.health_timeout_s)
                 metrics.watch(OUTBOX, camera, publisher.pending)
                 metrics.watch(MQTT_CONNECTED, camera, lambda: publisher.connected)
+            loop = InspectionLoop(cam, model.runtime, publisher, model.info, options, archive, metrics, notifier)
+            controller = Controller(
+                camera,
+                loop,
+                lambda path: load_model(path, cfg.model),
+                cfg.model.path,
+                lambda event, details: publisher.publish_event(camera, event, details),
+            )
+            publisher.on_command(_command_handler(camera, controller, publisher))
             try:
                 if metrics is not None:
                     # One process per camera from one config: each camera gets the port after the previous one.
                     port = cfg.metrics.port + list(cfg.cameras).index(camera)
                     server = MetricsServer(metrics, cfg.metrics.host, port)
                     log.info("metrics on http://%s:%d/metrics and /healthz", cfg.metrics.host, server.port)
-                notifier.ready(f"inspecting camera {camera} with {manifest.version}")
-                loop = InspectionLoop(cam, runtime, publisher, model, options, archive, metrics, notifier)
+                controller.start()
+                _install_signal_handlers(stop, controller)
+                publisher.start()
+                log.info("ready: camera '%s', model %s, publishing to %s", camera, version, where)
+                notifier.ready(f"inspecting camera {camera} with {version}")
                 summary = loop.run(stop)
             finally:
                 notifier.stopping()
+                controller.stop()
                 if server is not None:
                     server.stop()
                 cam.close()

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 
 from edge_agent.archive import Archive, ArchiveItem
 from edge_agent.cameras.base import Camera
+from edge_agent.control import EventSink
 from edge_agent.errors import CameraError, EndOfStream
 from edge_agent.frame_queue import FrameQueue
 from edge_agent.frames import Frame
-from edge_agent.geometry import Combined, Geometry, combine, prepare
+from edge_agent.geometry import Combined, combine, prepare
 from edge_agent.metrics import CAMERA_CONNECTED, DROPPED, Metrics
+from edge_agent.model import LoadedModel, ModelInfo
 from edge_agent.publish.base import Publisher
 from edge_agent.regions import find_regions
 from edge_agent.runtimes.base import Runtime
@@ -32,14 +34,6 @@ RECONNECT_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 STAGES = ("acquire", "preprocess", "infer", "postprocess", "publish")
 # Latency medians cover the most recent frames only, so months of running use constant memory.
 LATENCY_WINDOW = 10_000
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    version: str
-    threshold: float
-    score_scale: float
-    geometry: Geometry
 
 
 @dataclass(frozen=True)
@@ -62,6 +56,7 @@ class RunSummary:
     late: int = 0
     dropped: int = 0
     camera_errors: int = 0
+    paused: int = 0  # frames discarded while inspection was paused by a command
     delivered: bool = True
     stage_ms: dict[str, deque[float]] = field(default_factory=lambda: {s: deque(maxlen=LATENCY_WINDOW) for s in STAGES})
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
@@ -75,6 +70,7 @@ class RunSummary:
             "late": self.late,
             "dropped": self.dropped,
             "camera_errors": self.camera_errors,
+            "paused": self.paused,
         }
 
     def median_ms(self, stage: str) -> float:
@@ -95,9 +91,7 @@ class InspectionLoop:
         watchdog: SystemdNotifier | None = None,
     ) -> None:
         self.camera = camera
-        self.runtime = runtime
         self.publisher = publisher
-        self.model = model
         self.options = options
         self.archive = archive
         self.summary = RunSummary()
@@ -107,9 +101,41 @@ class InspectionLoop:
         self._camera_connected = False
         self.metrics = metrics
         self.watchdog = watchdog
+        # Commands arrive on the control thread; the inference thread picks them up between two frames.
+        self._model = LoadedModel(runtime, model)
+        self._next_model: LoadedModel | None = None
+        self._snapshot_events: EventSink | None = None
+        self._control = threading.Lock()
+        self._paused = threading.Event()
         if metrics is not None:
             metrics.watch(DROPPED, camera.name, lambda: self._queue.dropped)
             metrics.watch(CAMERA_CONNECTED, camera.name, lambda: self._camera_connected)
+
+    @property
+    def model_version(self) -> str:
+        return self._model.info.version
+
+    def swap(self, model: LoadedModel) -> None:
+        """Run `model` from the next frame on; the frame in inference finishes with the old one."""
+        with self._control:
+            self._next_model = model
+
+    def pause(self) -> None:
+        """Discard frames instead of judging them (the camera keeps running, so it is never starved)."""
+        self._paused.set()
+        if self.metrics is not None:
+            self.metrics.paused = True
+
+    def resume(self) -> None:
+        self._paused.clear()
+        if self.metrics is not None:
+            self.metrics.paused = False
+
+    def request_snapshot(self, events: EventSink) -> None:
+        """Inspect and archive the next frame whatever its verdict (while paused too, without publishing a
+        verdict), and report where it went as a `snapshot` event."""
+        with self._control:
+            self._snapshot_events = events
 
     def run(self, stop: threading.Event) -> RunSummary:
         """Inspect until the camera runs out, `max_frames` were grabbed, or `stop` is set; then deliver
@@ -120,7 +146,7 @@ class InspectionLoop:
         while not self._queue.finished:
             frame = self._queue.get(QUEUE_POLL_S)
             if frame is not None:
-                self._inspect(frame)
+                self._handle(frame)
             if time.monotonic() >= next_stats:
                 self._publish_stats()
                 next_stats = time.monotonic() + self.options.stats_interval_s
@@ -187,17 +213,36 @@ class InspectionLoop:
         except CameraError as exc:
             log.error("camera '%s' is still unavailable: %s", self.camera.name, exc)
 
-    def _inspect(self, frame: Frame) -> None:
+    def _handle(self, frame: Frame) -> None:
+        with self._control:
+            if self._next_model is not None:
+                self._model, self._next_model = self._next_model, None
+                if self.metrics is not None:
+                    self.metrics.model_version = self._model.info.version
+                set_model = getattr(self.publisher, "set_model", None)
+                if set_model is not None:
+                    set_model(self._model.info.version)
+            snapshot, self._snapshot_events = self._snapshot_events, None
+        if self._paused.is_set() and snapshot is None:
+            self.summary.paused += 1
+            # Paused on purpose is not hung: keep systemd's watchdog fed.
+            if self.watchdog is not None:
+                self.watchdog.feed()
+            return
+        self._inspect(frame, self._model, publish=not self._paused.is_set(), snapshot=snapshot)
+
+    def _inspect(self, frame: Frame, model: LoadedModel, publish: bool, snapshot: EventSink | None) -> None:
         t0 = time.monotonic()
         result: Combined | None = None
         error: str | None = None
         t1: float | None = None
         t2: float | None = None
-        geometry = self.model.geometry
+        info = model.info
+        geometry = info.geometry
         try:
             prepared = prepare(frame.image, geometry)
             t1 = time.monotonic()
-            outputs = [self.runtime.infer(x) for x in prepared.inputs]
+            outputs = [model.runtime.infer(x) for x in prepared.inputs]
             t2 = time.monotonic()
             maps, scores = [o.anomaly_map for o in outputs], [o.score for o in outputs]
             result = combine(prepared, maps, scores, geometry.mode)
@@ -208,19 +253,19 @@ class InspectionLoop:
         # A stage that raised is charged the time up to the failure; the stages after it none.
         t1 = t3 if t1 is None else t1
         t2 = t3 if t2 is None else t2
-        kind = ERROR if result is None else decide(result.score, self.model.threshold)
+        kind = ERROR if result is None else decide(result.score, info.threshold)
         regions = []
         if result is not None and kind == REJECT:
-            regions = find_regions(result.anomaly_map, self.model.threshold, result.frame_scale)
+            regions = find_regions(result.anomaly_map, info.threshold, result.frame_scale)
         latency_ms = (t3 - frame.captured_mono) * 1000
         verdict = Verdict(
             frame_id=frame.frame_id,
             camera=self.camera.name,
             captured_at=frame.captured_at,
             score=None if result is None else round(result.score, 6),
-            threshold=self.model.threshold,
+            threshold=info.threshold,
             verdict=kind,
-            model=self.model.version,
+            model=info.version,
             latency_ms=round(latency_ms, 3),
             late=latency_ms > self.options.deadline_ms,
             regions=regions,
@@ -229,7 +274,8 @@ class InspectionLoop:
             reject_on_error=self.options.error_is_reject,
         )
         t4 = time.monotonic()
-        self.publisher.publish(verdict)
+        if publish:
+            self.publisher.publish(verdict)
         t5 = time.monotonic()
         seconds = {
             "acquire": t0 - frame.captured_mono,
@@ -238,11 +284,25 @@ class InspectionLoop:
             "postprocess": t4 - t2,
             "publish": t5 - t4,
         }
-        self._count(verdict, seconds)
-        if self.archive is not None and self.archive.wants(verdict):
-            view = frame.image if result is None else result.view
-            anomaly_map = None if result is None else result.anomaly_map
-            self.archive.submit(ArchiveItem(verdict, view, anomaly_map, self.model.score_scale))
+        if publish:
+            self._count(verdict, seconds)
+        if snapshot is not None:
+            self._snapshot(verdict, frame, result, info, snapshot)
+        elif publish and self.archive is not None and self.archive.wants(verdict):
+            self.archive.submit(_archive_item(verdict, frame, result, info))
+
+    def _snapshot(
+        self, verdict: Verdict, frame: Frame, result: Combined | None, info: ModelInfo, events: EventSink
+    ) -> None:
+        if self.archive is None:
+            events("snapshot_failed", {"reason": "the archive is disabled (archive.enabled: false)"})
+            return
+        item = _archive_item(verdict, frame, result, info, snapshot=True)
+        if not self.archive.submit(item):
+            events("snapshot_failed", {"reason": "the archive is behind; try again"})
+            return
+        details = {"frame_id": verdict.frame_id, "verdict": verdict.verdict, "score": verdict.score}
+        events("snapshot", {**details, "image": str(self.archive.image_path(item))})
 
     def _count(self, verdict: Verdict, seconds: dict[str, float]) -> None:
         s = self.summary
@@ -270,3 +330,11 @@ class InspectionLoop:
             ", LATE" if verdict.late else "",
             verdict.source,
         )
+
+
+def _archive_item(
+    verdict: Verdict, frame: Frame, result: Combined | None, info: ModelInfo, snapshot: bool = False
+) -> ArchiveItem:
+    view = frame.image if result is None else result.view
+    anomaly_map = None if result is None else result.anomaly_map
+    return ArchiveItem(verdict, view, anomaly_map, info.score_scale, snapshot)

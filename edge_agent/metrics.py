@@ -75,7 +75,9 @@ class Metrics:
     def __init__(
         self, model_version: str, health_timeout_s: float = 10.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
+        # Both set from the inspection thread (a model swap, a pause command) and read by the HTTP thread.
         self.model_version = model_version
+        self.paused = False
         self.health_timeout_s = health_timeout_s
         self._clock = clock
         self._started = clock()
@@ -106,6 +108,8 @@ class Metrics:
         with self._lock:
             last = self._last_done
         idle = self._clock() - (self._started if last is None else last)
+        if self.paused:
+            return True, "paused by command"
         if idle <= self.health_timeout_s:
             return True, "ok"
         return False, f"no frame completed for {idle:.1f} s" + (" since start" if last is None else "")

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from edge_agent.publish.store import Message, StoredMessage, log_drops
 from edge_agent.verdict import Verdict
@@ -21,6 +22,8 @@ class FakePublisher:
     stopped: bool = False
     flush_result: bool = True
     flush_calls: list[float] = field(default_factory=list)
+    events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # (camera, event, details)
+    model: str = ""
 
     def start(self) -> None:
         self.started = True
@@ -44,6 +47,12 @@ class FakePublisher:
 
     def pending(self) -> int:
         return 0
+
+    def publish_event(self, camera: str, event: str, details: dict[str, Any]) -> None:
+        self.events.append((camera, event, dict(details)))
+
+    def set_model(self, version: str) -> None:
+        self.model = version
 
     @property
     def rejects(self) -> list[Verdict]:

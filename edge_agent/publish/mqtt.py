@@ -20,9 +20,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags
+from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -30,6 +31,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge_agent.config import MqttConfig
 from edge_agent.publish.security import apply_security
 from edge_agent.publish.store import (
+    EVENT_MESSAGE,
     REJECT_MESSAGE,
     VERDICT_MESSAGE,
     Message,
@@ -41,9 +43,12 @@ from edge_agent.verdict import Verdict
 
 log = logging.getLogger(__name__)
 
+CommandHandler = Callable[[str, bytes], None]
+
 ONLINE = "online"
 OFFLINE = "offline"
 VERDICT_QOS = 1
+COMMAND_QOS = 1
 STORE_RETRY_S = 1.0  # after a failed outbox read or delete (disk full, I/O error)
 # Rows read per outbox query: a read holds the store's lock, which the loop's `publish` also needs.
 PEEK_BATCH = 100
@@ -76,7 +81,9 @@ class MqttPublisher:
         base = f"{config.topic_prefix}/{station}"
         self.status_topic = f"{base}/status"
         self.stats_topic = f"{base}/stats"
+        self.command_topic = f"{base}/cmd/"
         self._base = base
+        self._on_command: CommandHandler | None = None
 
         # Everything below is guarded by `_lock`, which is never held while calling into paho or the store:
         # paho holds its own message lock while calling on_publish, which then takes ours.
@@ -112,6 +119,7 @@ class MqttPublisher:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         client.will_set(self.status_topic, OFFLINE, qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.max_inflight_messages_set(max_inflight)
@@ -202,6 +210,25 @@ class MqttPublisher:
             log.warning("MQTT stopped with %d message(s) not acknowledged; they stay in the outbox", left)
 
     # -- extras ------------------------------------------------------------------------------------
+
+    def on_command(self, handler: CommandHandler) -> None:
+        """Subscribe to `<prefix>/<station>/cmd/#` (from the next connection on; call before `start`).
+        `handler(verb, payload)` runs on paho's network thread, so it must only hand the command on."""
+        self._on_command = handler
+
+    def publish_event(self, camera: str, event: str, details: dict[str, Any]) -> None:
+        """What happened to the agent (a reload, a pause, a snapshot) on `<prefix>/<station>/<camera>/event`,
+        QoS 1 through the outbox, so it keeps its place among the verdicts."""
+        body = {"event": event, "camera": camera, "model": self.model, "ts": time.time(), **details}
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        self._store.append([Message(f"{self._base}/{camera}/event", payload, EVENT_MESSAGE, time.time())])
+        with self._changed:
+            self._appends += 1
+            self._changed.notify_all()
+
+    def set_model(self, version: str) -> None:
+        """The model version that stats and events name from now on (after a hot reload)."""
+        self.model = version
 
     def publish_stats(self, counters: dict[str, float | int]) -> None:
         """Counters to `<prefix>/<station>/stats`, QoS 0, not stored (the next report replaces a lost one)."""
@@ -366,6 +393,9 @@ class MqttPublisher:
         # On paho's network thread, so the broker's acknowledgement cannot be read before the mid is recorded.
         # Before `_connected` is set, so that a `flush` after `start` returned also waits for it.
         info = client.publish(self.status_topic, ONLINE.encode(), qos=1, retain=True)
+        if self._on_command is not None:
+            # A clean session forgets subscriptions: subscribe again on every connection.
+            client.subscribe(self.command_topic + "#", qos=COMMAND_QOS)
         with self._changed:
             self._status_mids.add(info.mid)
             self._connected_at = time.time()
@@ -373,6 +403,17 @@ class MqttPublisher:
             self._changed.notify_all()
         self._first_attempt.set()
         log.info("MQTT connected to %s:%d as %s", self.config.host, self.config.port, self.client_id)
+
+    def _on_message(self, client: Client, userdata: Any, message: MQTTMessage) -> None:
+        handler = self._on_command
+        if handler is None or not message.topic.startswith(self.command_topic):
+            return
+        verb = message.topic[len(self.command_topic) :]
+        if message.retain:
+            # A retained command would run again at every reconnect and restart of every agent.
+            log.warning("ignoring the retained command on %s; publish commands without the retain flag", message.topic)
+            return
+        handler(verb, bytes(message.payload))
 
     def _on_connect_fail(self, client: Client, userdata: Any) -> None:
         self._first_attempt.set()

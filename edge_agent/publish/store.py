@@ -23,9 +23,10 @@ from edge_agent.errors import AgentError
 
 log = logging.getLogger(__name__)
 
-MessageKind = Literal["verdict", "reject"]
+MessageKind = Literal["verdict", "reject", "event"]
 VERDICT_MESSAGE: MessageKind = "verdict"
 REJECT_MESSAGE: MessageKind = "reject"
+EVENT_MESSAGE: MessageKind = "event"
 
 SCHEMA_VERSION = 1  # PRAGMA user_version of the files this code writes
 # Long enough for an agent that is just exiting to let go of the file; one that keeps running never will.

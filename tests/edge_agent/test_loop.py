@@ -15,7 +15,8 @@ from edge_agent.errors import CameraError, EndOfStream
 from edge_agent.frame_queue import FrameQueue
 from edge_agent.frames import Frame
 from edge_agent.geometry import Geometry
-from edge_agent.loop import InspectionLoop, LoopOptions, ModelInfo
+from edge_agent.loop import InspectionLoop, LoopOptions
+from edge_agent.model import ModelInfo
 from edge_agent.publish.fake import FakePublisher
 from edge_agent.runtimes.base import Inference
 from edge_agent.runtimes.fake import FakeRuntime

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 from torch import nn
 
+from trainer.models.fastflow import FastFlow, FastFlowRecipe
 from trainer.models.patchcore import PatchCore, PatchCoreRecipe
 
 
@@ -18,4 +19,5 @@ class ModelEntry:
 
 REGISTRY: dict[str, ModelEntry] = {
     "patchcore": ModelEntry(PatchCore, PatchCoreRecipe),
+    "fastflow": ModelEntry(FastFlow, FastFlowRecipe),
 }

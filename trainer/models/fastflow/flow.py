@@ -61,8 +61,8 @@ class AffineCoupling(nn.Module):
         hidden = max(1, round(self.split * hidden_ratio))
         last = nn.Conv2d(hidden, 2 * changed, kernel, padding=kernel // 2)
         # Zero output: every step starts as the identity, so an untrained flow is stable (Glow's choice).
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        for parameter in last.parameters():
+            nn.init.zeros_(parameter)
         self.subnet = nn.Sequential(nn.Conv2d(self.split, hidden, kernel, padding=kernel // 2), nn.ReLU(), last)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

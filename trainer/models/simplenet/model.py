@@ -15,55 +15,18 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
-from tqdm import tqdm
 
 from trainer.acceleration import batched_features
 from trainer.backbones.efficientnet_lite import efficientnet_lite0, lite_input
 from trainer.models.fit_result import FitResult
 from trainer.models.prediction import Prediction
-from trainer.models.simplenet.head import Head, truncated_l1
+from trainer.models.simplenet.head import Head, train_head
+from trainer.models.simplenet.recipe import SimpleNetRecipe
 from trainer.models.smoothing import blur, gaussian_kernel
-from trainer.models.training import BestWeights, module_device
+from trainer.models.training import module_device
 
 NEIGHBOURHOOD = 3
-# Patches scored at once outside training (validation loss, validation maps): bounds the activations' memory.
-EVAL_PATCHES = 65_536
-
-
-class SimpleNetRecipe(BaseModel):
-    """Training recipe keys; unknown keys are rejected so typos never pass silently."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    input_size: tuple[int, int] = (256, 256)
-    taps: tuple[int, ...] = (4, 10)
-    # Width of the linear feature adaptor's output; None keeps the backbone's feature width.
-    adaptor_dim: int | None = Field(default=None, ge=1)
-    discriminator_hidden: int = Field(default=256, ge=1)
-    # Standard deviation of the Gaussian noise that turns adapted normal features into synthetic anomalies.
-    noise_sigma: float = Field(default=0.015, gt=0)
-    # The truncated L1 loss stops pushing once the discriminator scores a normal patch at or above
-    # `margin_normal` and a synthetic anomaly at or below `margin_anomalous` (the paper's th+ and th-).
-    margin_normal: float = 0.5
-    margin_anomalous: float = -0.5
-    epochs: int = Field(default=40, ge=1)
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=1e-5, ge=0)
-    # Epochs without a better validation loss before training stops early.
-    patience: int = Field(default=5, ge=1)
-    # Patches per optimizer step; they are drawn from all training images at once.
-    patch_batch: int = Field(default=8192, ge=2)
-    blur_sigma: float = Field(default=4.0, ge=0)
-    batch_size: int = Field(default=16, ge=1)
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _margins_ordered(self) -> SimpleNetRecipe:
-        if self.margin_anomalous >= self.margin_normal:
-            raise ValueError("margin_anomalous must be below margin_normal (the paper uses -0.5 and 0.5)")
-        return self
 
 
 class SimpleNet(nn.Module):
@@ -95,12 +58,71 @@ class SimpleNet(nn.Module):
         return torch.cat(resized, dim=1)
 
     def forward(self, image: torch.Tensor) -> Prediction:
-        return self._predict(self.embed(image), (image.shape[1], image.shape[2]))
+        return self._predict(self.embed(image).permute(0, 2, 3, 1), (image.shape[1], image.shape[2]))
 
     def _predict(self, feats: torch.Tensor, size: tuple[int, int]) -> Prediction:
-        n, d, h, w = feats.shape
-        patches = feats.permute(0, 2, 3, 1).reshape(-1, d)
-        amap = self.head.anomaly(patches).reshape(n, 1, h, w)
+        """Channels-last patch features N x h x w x D -> anomaly maps at `size` and image scores."""
+        n, h, w, d = feats.shape
+        amap = self.head.anomaly(feats.reshape(-1, d)).reshape(n, 1, h, w)
         amap = F.interpolate(amap, size=size, mode="bilinear", align_corners=False)
         amap = blur(amap, self.blur_kernel)
         return Prediction(anomaly_map=amap, score=amap.amax(dim=(1, 2, 3)))
+
+    @torch.no_grad()
+    def features(self, images: np.ndarray, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Frozen patch features of uint8 K x H x W x 3 images, channels last (K x h x w x D, so the rows of a
+        reshape to (-1, D) are the patches), on the module's device: through OpenVINO on the CPU, in torch on
+        a GPU."""
+        device = module_device(self)
+        if device.type == "cpu":
+            chunks = batched_features(self.embed, images, self.recipe.batch_size, progress)
+            return torch.from_numpy(np.concatenate([c.transpose(0, 2, 3, 1) for c in chunks]))
+        parts = []
+        for start in range(0, len(images), self.recipe.batch_size):
+            batch = torch.from_numpy(images[start : start + self.recipe.batch_size]).to(device)
+            parts.append(self.embed(batch).permute(0, 2, 3, 1))
+            if progress is not None:
+                progress(len(batch))
+        return torch.cat(parts)
+
+    @torch.no_grad()
+    def _score(self, feats: torch.Tensor, size: tuple[int, int]) -> Prediction:
+        """Predictions on cached features, batch by batch, as CPU tensors."""
+        step = self.recipe.batch_size
+        parts = [self._predict(feats[start : start + step], size) for start in range(0, len(feats), step)]
+        return Prediction(torch.cat([p.anomaly_map for p in parts]).cpu(), torch.cat([p.score for p in parts]).cpu())
+
+    def fit(
+        self,
+        train_images: np.ndarray,
+        val_images: np.ndarray,
+        progress: Callable[[int], None] | None = None,
+        val_groups: np.ndarray | None = None,
+    ) -> FitResult:
+        """Train the head on the frozen features of good images (uint8 K x H x W x 3). The validation images
+        only decide when training stops; the head never learns from them, so their scores are out-of-sample
+        whichever frame (`val_groups`) they came from."""
+        torch.manual_seed(self.recipe.seed)
+        size = (self.recipe.input_size[0], self.recipe.input_size[1])
+        started = time.perf_counter()
+        train = self.features(train_images, progress)
+        val = self.features(val_images, progress) if len(val_images) else None
+        extracted = time.perf_counter()
+        d = train.shape[-1]
+        log = train_head(self.head, train.reshape(-1, d), None if val is None else val.reshape(-1, d), self.recipe)
+        self.eval()
+        trained = time.perf_counter()
+        no_images = Prediction(torch.zeros(0, 1, *size), torch.zeros(0))
+        validation = self._score(val, size) if val is not None else no_images
+        summary = {
+            "patches": int(train.shape[0] * train.shape[1] * train.shape[2]),
+            "epochs_run": log.epochs_run,
+            "best_epoch": log.best_epoch,
+            "stopped_by": log.stopped_by,
+            "train_loss": round(log.train_loss, 6),
+            "val_loss": round(log.val_loss, 6),
+            "features_s": round(extracted - started, 2),
+            "train_s": round(trained - extracted, 2),
+            "validation_s": round(time.perf_counter() - trained, 2),
+        }
+        return FitResult(summary, validation, learned_from_validation=False)

@@ -1,0 +1,3 @@
+from trainer.models.fastflow.model import FastFlow, FastFlowRecipe
+
+__all__ = ["FastFlow", "FastFlowRecipe"]

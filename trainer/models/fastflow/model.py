@@ -1,0 +1,225 @@
+"""FastFlow (Yu et al., 2021) on EfficientNet-Lite0: per feature tap, a 2-D normalizing flow maps the frozen,
+normalized features of good parts to a standard normal; the negative log-likelihood of each position under that
+flow is the anomaly map.
+
+`forward` takes the raw uint8 N x H x W x 3 image, so normalization is inside the exported graph and the agent
+feeds camera pixels straight in. Training runs on features extracted once, so each epoch costs only the flows.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import cast
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from tqdm import tqdm
+
+from trainer.acceleration import batched_features
+from trainer.backbones.efficientnet_lite import efficientnet_lite0, lite_input
+from trainer.models.fastflow.flow import Flow2d, channel_stats, layer_norm, nll_per_dimension
+from trainer.models.fit_result import FitResult
+from trainer.models.prediction import Prediction
+from trainer.models.smoothing import blur, gaussian_kernel
+from trainer.models.training import BestWeights, module_device
+
+# Offsets each tap's flow seed, so the taps' flows get different permutations and initial weights.
+TAP_SEED_STRIDE = 1000
+LOSS_DIGITS = 4
+
+
+class FastFlowRecipe(BaseModel):
+    """Training recipe keys; unknown keys are rejected so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_size: tuple[int, int] = (256, 256)
+    taps: tuple[int, ...] = Field(default=(4, 10), min_length=1)
+    # Coupling steps per tap; the paper's 8 is sized for ResNet18 features at GPU budgets.
+    flow_steps: int = Field(default=8, ge=1)
+    # Subnet hidden channels per input channel of a coupling (the paper: 1.0 for small backbones).
+    hidden_ratio: float = Field(default=1.0, gt=0)
+    # Bound of every log-scale: keeps exp() finite in training and in an fp16 graph.
+    clamp: float = Field(default=2.0, gt=0)
+    epochs: int = Field(default=20, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-5, ge=0)
+    # Epochs without a better validation NLL before training stops early.
+    patience: int = Field(default=5, ge=1)
+    blur_sigma: float = Field(default=4.0, ge=0)
+    batch_size: int = Field(default=16, ge=1)
+    seed: int = 0
+
+
+class FastFlow(nn.Module):
+    blur_kernel: torch.Tensor
+
+    def __init__(self, recipe: FastFlowRecipe) -> None:
+        super().__init__()
+        self.recipe = recipe
+        self.backbone = efficientnet_lite0()
+        self.backbone.requires_grad_(False)
+        channels = [self.backbone.block_channels[t] for t in recipe.taps]
+        # The flows' initial weights follow the recipe's seed alone, whatever the caller did with the global RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(recipe.seed)
+            self.flows = nn.ModuleList(
+                Flow2d(c, recipe.flow_steps, recipe.hidden_ratio, recipe.clamp, recipe.seed + TAP_SEED_STRIDE * i)
+                for i, c in enumerate(channels)
+            )
+        self.register_buffer("blur_kernel", gaussian_kernel(recipe.blur_sigma))
+        self.eval()
+
+    def train(self, mode: bool = True) -> FastFlow:
+        """Only the flows ever train; the backbone's batch norms keep their ImageNet statistics."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def features(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """uint8 N x H x W x 3 -> the normalized frozen features of every tap, N x C x h x w each."""
+        return [layer_norm(t) for t in self.backbone.features(lite_input(image), self.recipe.taps)]
+
+    def _flat_features(self, image: torch.Tensor) -> torch.Tensor:
+        """All taps flattened into one N x D tensor: the fast extractor returns one tensor per batch, and one
+        backbone pass serves every tap."""
+        return torch.cat([f.flatten(1) for f in self.features(image)], dim=1)
+
+    def nll_maps(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per tap, the NLL per dimension of every position: N x h x w each."""
+        return [nll_per_dimension(*flow(f)) for flow, f in zip(self.flows, features, strict=True)]
+
+    def forward(self, image: torch.Tensor) -> Prediction:
+        return self._predict(self.features(image), (image.shape[1], image.shape[2]))
+
+    def _predict(self, features: list[torch.Tensor], size: tuple[int, int]) -> Prediction:
+        # The full NLL, log-det included, not anomalib's -exp(-0.5 mean z^2): the log-det is the part of the
+        # likelihood that tells a feature the flow had to stretch (rare) from one it compressed (common), and an
+        # unbounded map keeps the max-score ranking of strong defects instead of saturating it at 0.
+        maps = [
+            F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+            for m in self.nll_maps(features)
+        ]
+        amap = blur(torch.stack(maps).mean(dim=0), self.blur_kernel)
+        return Prediction(anomaly_map=amap, score=amap.amax(dim=(1, 2, 3)))
+
+    def _loss(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Maximum likelihood: the mean NLL per dimension over images, positions and taps."""
+        return torch.stack([m.mean() for m in self.nll_maps(features)]).mean()
+
+    def fit(
+        self,
+        train_images: np.ndarray,
+        val_images: np.ndarray,
+        progress: Callable[[int], None] | None = None,
+        val_groups: np.ndarray | None = None,
+    ) -> FitResult:
+        """Train the flows on good images (uint8 N x H x W x 3), stopping early on the validation images' NLL.
+        The flows never learn from the validation images, so their scores are out-of-sample as they stand and
+        `val_groups` (which PatchCore needs to hide tiles of one frame from each other) changes nothing here."""
+        started = time.perf_counter()
+        device = module_device(self)
+        features = self._extract(np.concatenate([train_images, val_images]), progress, device)
+        train = [f[: len(train_images)] for f in features]
+        val = [f[len(train_images) :] for f in features]
+        extracted = time.perf_counter()
+        for flow, f in zip(self.flows, train, strict=True):
+            cast(Flow2d, flow).norm.initialize(*channel_stats(f))
+        best, epochs_run, train_nll = self._train(train, val, device)
+        trained = time.perf_counter()
+        self.eval()
+        validation = self._predict_batched(val)
+        summary = {
+            "epochs_run": epochs_run,
+            "best_epoch": best.best_epoch,
+            "stopped_by": best.stopped_by,
+            "train_nll": round(train_nll, LOSS_DIGITS),
+            "val_nll": round(best.best_loss, LOSS_DIGITS),
+            "flow_parameters": sum(p.numel() for p in self.flows.parameters()),
+            "features_s": round(extracted - started, 2),
+            "training_s": round(trained - extracted, 2),
+            "validation_s": round(time.perf_counter() - trained, 2),
+        }
+        return FitResult(summary, validation, learned_from_validation=False)
+
+    def _extract(
+        self, images: np.ndarray, progress: Callable[[int], None] | None, device: torch.device
+    ) -> list[torch.Tensor]:
+        """The normalized taps of every image, on `device`: through the fast CPU extractor, or in torch on a GPU."""
+        height, width = self.recipe.input_size
+        with torch.no_grad():
+            shapes = [f.shape[1:] for f in self.features(torch.zeros(1, height, width, 3, dtype=torch.uint8))]
+            if device.type == "cpu":
+                flat = torch.from_numpy(
+                    np.concatenate(batched_features(self._flat_features, images, self.recipe.batch_size, progress))
+                )
+            else:
+                parts = []
+                for start in range(0, len(images), self.recipe.batch_size):
+                    batch = torch.from_numpy(images[start : start + self.recipe.batch_size]).to(device)
+                    parts.append(self._flat_features(batch))
+                    if progress is not None:
+                        progress(len(batch))
+                flat = torch.cat(parts)
+        sizes = [math.prod(s) for s in shapes]
+        return [part.reshape(-1, *shape) for part, shape in zip(torch.split(flat, sizes, dim=1), shapes, strict=True)]
+
+    def _train(
+        self, train: list[torch.Tensor], val: list[torch.Tensor], device: torch.device
+    ) -> tuple[BestWeights, int, float]:
+        """Adam over the cached features; returns the early-stopping record, the epochs run and the train NLL of
+        the best epoch."""
+        recipe = self.recipe
+        generator = torch.Generator().manual_seed(recipe.seed)
+        optimizer = torch.optim.Adam(self.flows.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+        best = BestWeights(recipe.patience)
+        count = len(train[0])
+        train_history: list[float] = []
+        bar = tqdm(range(1, recipe.epochs + 1), desc="training flows", unit="epoch", leave=False)
+        for epoch in bar:
+            self.flows.train()
+            order = torch.randperm(count, generator=generator).to(device)
+            total = 0.0
+            for start in range(0, count, recipe.batch_size):
+                rows = order[start : start + recipe.batch_size]
+                loss = self._loss([f[rows] for f in train])
+                optimizer.zero_grad(set_to_none=True)
+                torch.autograd.backward(loss)
+                optimizer.step()
+                total += loss.item() * len(rows)
+            train_history.append(total / count)
+            self.flows.eval()
+            # Without validation images the training NLL is the only signal early stopping has.
+            val_loss = self._mean_nll(val) if len(val[0]) else train_history[-1]
+            bar.set_postfix(train=f"{train_history[-1]:.4f}", val=f"{val_loss:.4f}")
+            if best.update(self.flows, epoch, train_history[-1], val_loss):
+                break
+        bar.close()
+        best.restore(self.flows)
+        # BestWeights raises unless some epoch was good, so best_epoch names a finished epoch.
+        return best, len(train_history), train_history[best.best_epoch - 1]
+
+    @torch.no_grad()
+    def _mean_nll(self, features: list[torch.Tensor]) -> float:
+        total = 0.0
+        count = len(features[0])
+        for start in range(0, count, self.recipe.batch_size):
+            batch = [f[start : start + self.recipe.batch_size] for f in features]
+            total += self._loss(batch).item() * len(batch[0])
+        return total / count
+
+    @torch.no_grad()
+    def _predict_batched(self, features: list[torch.Tensor]) -> Prediction:
+        """Predictions on cached features, as CPU tensors (fit's caller calibrates the threshold on them)."""
+        size = (self.recipe.input_size[0], self.recipe.input_size[1])
+        maps, scores = [torch.zeros(0, 1, *size)], [torch.zeros(0)]
+        for start in range(0, len(features[0]), self.recipe.batch_size):
+            prediction = self._predict([f[start : start + self.recipe.batch_size] for f in features], size)
+            maps.append(prediction.anomaly_map.cpu())
+            scores.append(prediction.score.cpu())
+        return Prediction(torch.cat(maps), torch.cat(scores))
