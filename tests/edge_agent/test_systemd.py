@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -88,3 +89,20 @@ def test_agent_says_ready_feeds_the_watchdog_and_says_stopping(
     assert messages[0].startswith("READY=1\nSTATUS=inspecting camera cam0")
     assert "WATCHDOG=1" in messages[1:-1]
     assert messages[-1] == "STOPPING=1"
+
+
+UNIT = Path(__file__).parents[2] / "systemd" / "edge-agent.service"
+INSTALLED_AGENT = "/opt/edge-agent/venv/bin/edge-agent"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd is not installed here")
+def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
+    """`systemd-analyze verify` checks every directive; only the agent's install path is swapped for one
+    that exists here, since verify also checks that ExecStart's program is executable."""
+    unit = tmp_path / UNIT.name
+    unit.write_text(UNIT.read_text().replace(INSTALLED_AGENT, sys.executable))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert UNIT.name not in result.stderr, result.stderr  # warnings about the unit itself

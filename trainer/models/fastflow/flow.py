@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 WIDE_KERNEL = 3
@@ -122,5 +121,15 @@ def channel_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def layer_norm(x: torch.Tensor) -> torch.Tensor:
     """Normalization over C x H x W of each image, without learned affine (the paper's LayerNorm): a learned
-    scale outside the flow's Jacobian would let training shrink the features for free."""
-    return F.layer_norm(x, x.shape[1:], eps=LAYER_NORM_EPS)
+    scale outside the flow's Jacobian would let training shrink the features for free.
+
+    The channel means are matmuls on purpose: the int8 bake (converters/quantize.py) keeps everything from the
+    first MatMul on in float, and so the whole flow, whose inputs on defects lie far outside the ranges that
+    calibration on good parts sees. A LayerNorm op would put the taps' own activations in int8 range first."""
+    channels = x.shape[1]
+    channel_mean = x.new_full((channels, 1), 1.0 / channels)
+    positions = x.permute(0, 2, 3, 1)  # N x H x W x C
+    mean = (positions @ channel_mean).mean(dim=(1, 2, 3), keepdim=True)
+    centered = positions - mean
+    variance = ((centered * centered) @ channel_mean).mean(dim=(1, 2, 3), keepdim=True)
+    return (centered * torch.rsqrt(variance + LAYER_NORM_EPS)).permute(0, 3, 1, 2)

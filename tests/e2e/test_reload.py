@@ -1,0 +1,81 @@
+"""Hot reload and commands on the real agent process, through a real mosquitto broker."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import paho.mqtt.publish
+from pipeline import Pipeline
+from test_pipeline import AGENT, STATION, agent_config, flat_replay
+
+from converters.bake import BakeOptions, bake
+from demo.broker import Broker
+from demo.collector import MqttCollector
+
+WAIT_S = 60.0
+
+
+def command(broker: Broker, verb: str, body: dict[str, str] | None = None) -> None:
+    payload = json.dumps(body) if body else ""
+    paho.mqtt.publish.single(f"inspect/{STATION}/cmd/{verb}", payload, qos=1, hostname=broker.host, port=broker.port)
+
+
+def test_reload_by_mqtt_and_sighup_swaps_without_losing_a_frame_and_refuses_a_corrupt_bundle(
+    tmp_path: Path, mqtt_broker: Broker, pipeline: Pipeline
+) -> None:
+    second = tmp_path / "edge-fp16"
+    version = bake(BakeOptions(bundle=pipeline.model, out=second, precision="fp16")).version
+    corrupt = tmp_path / "edge-corrupt"
+    shutil.copytree(pipeline.edge, corrupt)
+    with (corrupt / "model.bin").open("r+b") as f:
+        f.seek(100)
+        f.write(b"\xff\xfe\xfd\xfc")
+    flat_replay(pipeline, tmp_path / "replay")
+    camera = {"source": "folder", "path": str(tmp_path / "replay"), "fps": 20, "loop": True, "queue_size": 64}
+    config = agent_config(tmp_path, mqtt_broker, pipeline, camera)
+    topic = f"inspect/{STATION}/cam0"
+    with (
+        MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{topic}/verdict") as verdicts,
+        MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{topic}/event") as events,
+    ):
+        agent = subprocess.Popen(
+            [*AGENT, "run", "--camera", "cam0", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            verdicts.wait_for(5, WAIT_S)
+            command(mqtt_broker, "reload", {"path": str(corrupt)})
+            command(mqtt_broker, "reload", {"path": str(second)})
+            events.wait_for(2, WAIT_S)
+            agent.send_signal(signal.SIGHUP)  # back to the configured bundle
+            events.wait_for(3, WAIT_S)
+            command(mqtt_broker, "explode")
+            events.wait_for(4, WAIT_S)
+            count = len(verdicts.messages)
+            verdicts.wait_for(count + 5, WAIT_S)
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            out, err = agent.communicate(timeout=60)
+        assert agent.returncode == 0, err
+        frames = int(out.split("cam0: ")[1].split(" frames")[0])
+        payloads = [json.loads(m[1]) for m in verdicts.wait_for(frames, 10.0)]
+        happened = [json.loads(m[1]) for m in events.messages]
+    assert [e["event"] for e in happened] == ["reload_failed", "reloaded", "reloaded", "command_refused"]
+    assert "sha256" in happened[0]["reason"] and happened[0]["model"] != version
+    assert happened[1]["model"] == version
+    assert "unknown command 'explode'" in happened[3]["reason"]
+    assert [p["frame_id"] for p in payloads] == list(range(1, frames + 1))
+    models = [p["model"] for p in payloads]
+    original = models[0]
+    # old -> new -> old, each swap between two frames
+    changes = [(a, b) for a, b in itertools.pairwise(models) if a != b]
+    assert changes == [(original, version), (version, original)]
+    assert " 0 dropped" in out
+    assert "SIGHUP received" in err
