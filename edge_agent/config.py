@@ -26,6 +26,16 @@ class FolderCameraConfig(Strict):
     queue_size: int = Field(default=4, ge=1)
 
 
+class VideoCameraConfig(Strict):
+    """A video file replayed frame by frame (anything OpenCV's FFmpeg reads: mp4, avi, mkv, ...)."""
+
+    source: Literal["video"]
+    path: Path
+    fps: float | None = Field(default=None, gt=0, description="replay rate; None replays as fast as the loop runs")
+    loop: bool = False
+    queue_size: int = Field(default=4, ge=1)
+
+
 class RoiConfig(Strict):
     """The sensor window, in sensor pixels: a smaller window is less to transfer and faster to read out."""
 
@@ -68,7 +78,7 @@ class GenicamCameraConfig(Strict):
         return self
 
 
-CameraConfig = Annotated[FolderCameraConfig | GenicamCameraConfig, Field(discriminator="source")]
+CameraConfig = Annotated[FolderCameraConfig | VideoCameraConfig | GenicamCameraConfig, Field(discriminator="source")]
 
 
 class ModelConfig(Strict):
@@ -160,7 +170,7 @@ class AgentConfig(Strict):
 
 def _describe(exc: ValidationError) -> str:
     first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"] if not (isinstance(p, str) and p in ("folder", "genicam")))
+    where = ".".join(str(p) for p in first["loc"] if not (isinstance(p, str) and p in ("folder", "video", "genicam")))
     extra = f" ({len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
     if first["type"] == "extra_forbidden":
         return f"unknown field '{where}'; remove it or check its spelling{extra}"
@@ -213,7 +223,9 @@ def load_config(path: Path) -> AgentConfig:
         raise AgentError(f"config {path}: {_describe(exc)}") from None
     base = path.resolve().parent
     cameras = {
-        name: cam.model_copy(update={"path": _resolve(cam.path, base)}) if isinstance(cam, FolderCameraConfig) else cam
+        name: cam.model_copy(update={"path": _resolve(cam.path, base)})
+        if isinstance(cam, FolderCameraConfig | VideoCameraConfig)
+        else cam
         for name, cam in cfg.cameras.items()
     }
     return cfg.model_copy(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edge_agent.cameras.base import Camera
-from edge_agent.config import CameraConfig, FolderCameraConfig
+from edge_agent.config import CameraConfig, FolderCameraConfig, VideoCameraConfig
 
 
 def make_camera(name: str, config: CameraConfig) -> Camera:
@@ -11,6 +11,10 @@ def make_camera(name: str, config: CameraConfig) -> Camera:
         from edge_agent.cameras.folder import FolderCamera
 
         return FolderCamera(name, config)
+    if isinstance(config, VideoCameraConfig):
+        from edge_agent.cameras.video import VideoCamera
+
+        return VideoCamera(name, config)
     # Imported here so a replay-only install never loads the GenTL stack.
     from edge_agent.cameras.genicam import GenicamCamera
 
