@@ -153,7 +153,8 @@ class FastFlow(nn.Module):
         """The normalized taps of every image, on `device`: through the fast CPU extractor, or in torch on a GPU."""
         height, width = self.recipe.input_size
         with torch.no_grad():
-            shapes = [f.shape[1:] for f in self.features(torch.zeros(1, height, width, 3, dtype=torch.uint8))]
+            blank = torch.zeros(1, height, width, 3, dtype=torch.uint8, device=device)
+            shapes = [f.shape[1:] for f in self.features(blank)]
             if device.type == "cpu":
                 flat = torch.from_numpy(
                     np.concatenate(batched_features(self._flat_features, images, self.recipe.batch_size, progress))
