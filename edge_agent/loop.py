@@ -182,6 +182,8 @@ class InspectionLoop:
                     log.info("camera '%s' has no more frames", self.camera.name)
                     break
                 except CameraError as exc:
+                    if self._camera_connected or failures == 0:
+                        self._event("camera_lost", {"reason": str(exc)})
                     self._camera_connected = False
                     self.summary.camera_errors += 1
                     wait = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
@@ -192,6 +194,8 @@ class InspectionLoop:
                     self._reopen()
                     last_frame = time.monotonic()
                     continue
+                if not self._camera_connected and failures > 0:
+                    self._event("camera_reconnected", {"after_failures": failures})
                 self._camera_connected = True
                 if frame is None:
                     # A healthy camera waiting for its trigger: the liveness tick, so idle is not a hang.
@@ -204,6 +208,12 @@ class InspectionLoop:
                 self._queue.put(frame)
         finally:
             self._queue.close()
+
+    def _event(self, event: str, details: dict[str, object]) -> None:
+        """Tell the line (MQTT `<camera>/event`) where the publisher can; the log always has it too."""
+        publish_event = getattr(self.publisher, "publish_event", None)
+        if publish_event is not None:
+            publish_event(self.camera.name, event, details)
 
     def _reopen(self) -> None:
         try:

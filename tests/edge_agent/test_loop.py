@@ -157,6 +157,10 @@ def test_camera_failure_reconnects_instead_of_exiting(monkeypatch: pytest.Monkey
     summary = InspectionLoop(camera, SlowRuntime(), publisher, MODEL, LoopOptions()).run(threading.Event())
     assert summary.camera_errors == 1 and camera.reopened == 1
     assert summary.frames == 3
+    assert publisher.events == [
+        ("fast", "camera_lost", {"reason": "device unplugged"}),
+        ("fast", "camera_reconnected", {"after_failures": 1}),
+    ]
 
 
 def test_frame_queue_blocking_mode_never_drops() -> None:
