@@ -165,6 +165,7 @@ def main() -> None:
     if summary is None or agent.returncode != 0:
         raise SystemExit(f"agent exited {agent.returncode}:\n{out}\n{''.join(log[-20:])}")
     frames, ok, rejects, errors, dropped, late = map(int, summary.groups())
+    stages = re.search(r"median latency from capture [\d.]+ ms \((.*)\)", out)
     with received.lock:
         payloads, arrived = list(received.payloads), np.array(received.arrived)
     decision = np.array([float(p["latency_ms"]) for p in payloads])  # type: ignore[arg-type]
@@ -177,6 +178,7 @@ def main() -> None:
         ("dropped (queue full)", f"{dropped}   goal {GOALS['drops']}"),
         ("late (> 100 ms)", f"{late}"),
         ("capture -> decision ms", spread(decision)),
+        ("agent's median stage ms", stages.group(1) if stages else "n/a"),
         ("capture -> subscriber ms", f"{spread(delivery)}   goal p99 <= {GOALS['p99_ms']:g}"),
         (
             "RSS MB (after warm-up, end, peak)",
