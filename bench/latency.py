@@ -67,7 +67,7 @@ def contenders(model_name: str, data: Path, root: Path) -> tuple[list[Timed], st
         runtime = make_runtime(load_edge_bundle(edge), ModelConfig(path=edge, cache_dir=root / "cache"))
         timed.append(Timed(f"{RUNTIME_NAMES[target]} {precision}", runtime.infer))
     detail = ", ".join(f"{k} {v}" for k, v in manifest.fit_summary.items() if k in ("memory_bank",))
-    return timed, detail or "default recipe"
+    return timed, detail or f"{LATENCY_EPOCHS} training epochs"
 
 
 def main() -> None:
