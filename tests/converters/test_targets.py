@@ -28,6 +28,7 @@ from trainer.models import REGISTRY
 FP32_REL_TOLERANCE = 1e-3
 FP32_MIN_SPEARMAN = 0.9999
 FP16_REL_TOLERANCE = 1e-2
+FP16_MIN_SPEARMAN = 0.99
 # The goal is 0.99 (bench/int8.py measures it on real data); on this tiny set the goods' scores lie so close
 # together that int8 noise swaps a few of them, which is all this bound lets through.
 INT8_MIN_SPEARMAN_TINY = 0.85
@@ -63,8 +64,12 @@ def test_baked_model_follows_torch_in_the_agent_runtime(
         assert parity.spearman >= INT8_MIN_SPEARMAN_TINY
         assert parity.verdict_agreement >= INT8_MIN_AGREEMENT
         assert parity.auroc_baked == parity.auroc_reference
+    elif precision == "fp16":
+        # fp16 weights keep 11 bits: goods whose scores lie 0.02% apart may swap, which moves no verdict.
+        assert parity.score_rel_diff_max <= FP16_REL_TOLERANCE
+        assert parity.spearman >= FP16_MIN_SPEARMAN and parity.verdict_agreement == 1.0
     else:
-        assert parity.score_rel_diff_max <= (FP16_REL_TOLERANCE if precision == "fp16" else FP32_REL_TOLERANCE)
+        assert parity.score_rel_diff_max <= FP32_REL_TOLERANCE
         assert parity.spearman >= FP32_MIN_SPEARMAN
     # Another defect type, outside the bake's parity set, on the agent's runtime as the bundle picks it.
     runtime = make_runtime(load_edge_bundle(edge), ModelConfig(path=edge, cache_dir=tmp_path / "cache"))

@@ -94,6 +94,8 @@ def test_log_det_is_the_log_determinant_of_the_flow_jacobian() -> None:
     channels, side = 5, 3
     flow = Flow2d(channels, steps=4, hidden_ratio=1.0, clamp=2.0, seed=0).double()
     torch.manual_seed(0)
+    mixing = torch.randn(channels, channels, dtype=torch.float64)
+    flow.initialize(torch.einsum("dc,nchw->ndhw", mixing, torch.randn(16, channels, side, side, dtype=torch.float64)))
     with torch.no_grad():
         for parameter in flow.parameters():
             parameter.normal_(0, 0.3)  # nothing at its identity start, so every term of the log-det is exercised
@@ -115,6 +117,13 @@ def test_same_seed_gives_the_same_model() -> None:
     second.fit(train, val)
     for name, tensor in _flow_state(first).items():
         torch.testing.assert_close(tensor, _flow_state(second)[name], msg=name)
+
+
+def test_fit_without_validation_images_stops_on_the_training_nll() -> None:
+    model = FastFlow(FastFlowRecipe(input_size=(SMALL, SMALL), epochs=2, batch_size=4))
+    result = model.fit(_small(4, 0), np.zeros((0, SMALL, SMALL, 3), np.uint8))
+    assert result.validation.score.shape == (0,)
+    assert result.summary["val_nll"] == result.summary["train_nll"]
 
 
 def test_unknown_recipe_key_is_named(tmp_path: Path) -> None:

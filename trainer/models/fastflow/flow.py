@@ -1,10 +1,12 @@
-"""The 2-D normalizing flow of FastFlow (Yu et al., 2021), in plain torch and forward (feature -> z) only: a
-data-initialized per-channel affine, then affine coupling steps whose subnets alternate 3x3 and 1x1 kernels,
-with a fixed channel permutation between steps.
+"""The 2-D normalizing flow of FastFlow (Yu et al., 2021), in plain torch and forward (feature -> z) only.
 
-Every op is a convolution, an elementwise op or a constant-index gather, so the flow exports to ONNX and
-OpenVINO as it is. Log-scales are soft-clamped to +-clamp, which bounds every exp() and so keeps the baked graph
-fp16-safe.
+Per feature tap: a whitening of the frozen features (a fixed rotation onto their principal axes, then a learned
+per-axis affine that starts out standardizing each axis), then affine coupling steps whose subnets alternate
+3x3 and 1x1 kernels, with a fixed channel permutation after each step.
+
+Every op is a matmul, a convolution, an elementwise op or a constant-index gather, so the flow exports to ONNX
+and OpenVINO as it is. Log-scales are soft-clamped to +-clamp, which bounds every exp() and so keeps the baked
+graph fp16-safe.
 """
 
 from __future__ import annotations
@@ -16,20 +18,46 @@ from torch import nn
 
 WIDE_KERNEL = 3
 NARROW_KERNEL = 1
-LAYER_NORM_EPS = 1e-5
-# Keeps the data-initialized scale finite for a channel that is constant over the whole training set.
-MIN_CHANNEL_STD = 1e-4
+# Variance floor of a whitened axis, relative to the mean variance of all axes: near-constant directions of the
+# training features would otherwise be scaled up so far that tiny, harmless deviations along them dominate.
+MIN_RELATIVE_VARIANCE = 1e-3
 
 
 def soft_clamp(s: torch.Tensor, clamp: float) -> torch.Tensor:
-    """clamp * tanh(s / clamp): the identity near 0, never beyond +-clamp, smooth so gradients never vanish
+    """clamp * tanh(s / clamp): the identity near 0, never beyond +-clamp, and smooth, so gradients never stop
     abruptly as a hard clamp's would."""
     return clamp * torch.tanh(s / clamp)
 
 
+class Rotation(nn.Module):
+    """A fixed orthogonal map of the channels (|det| = 1, so no log-det term) onto the principal axes of the
+    training features, so that the per-axis ActNorm after it whitens them.
+
+    It is a matmul over channels on purpose: the int8 bake (converters/quantize.py) keeps everything from the
+    first MatMul on in float, and so the whole flow, whose inputs on defects lie far outside the ranges that
+    calibration on good parts sees."""
+
+    matrix: torch.Tensor
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("matrix", torch.eye(channels))
+
+    @torch.no_grad()
+    def initialize(self, features: torch.Tensor) -> None:
+        """Principal axes of N x C x H x W features, over images and positions (in float64: eigh on a float32
+        covariance loses the small axes)."""
+        flat = features.transpose(0, 1).reshape(features.shape[1], -1).double()
+        _, axes = torch.linalg.eigh(torch.cov(flat))
+        self.matrix.copy_(axes.to(self.matrix.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.permute(0, 2, 3, 1) @ self.matrix).permute(0, 3, 1, 2)
+
+
 class ActNorm(nn.Module):
-    """y = (x - shift) * exp(log_scale) per channel. Its data-dependent start (`initialize`) standardizes each
-    channel, so the first epochs need not spend their steps learning the channels' scales."""
+    """y = (x - shift) * exp(log_scale) per channel (Glow). Its data-dependent start standardizes each channel,
+    so the first epochs need not spend their steps learning the channels' scales."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -37,15 +65,17 @@ class ActNorm(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
     @torch.no_grad()
-    def initialize(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        self.shift.copy_(mean.view_as(self.shift))
-        self.log_scale.copy_(-torch.log(std.clamp_min(MIN_CHANNEL_STD)).view_as(self.log_scale))
+    def initialize(self, features: torch.Tensor) -> None:
+        flat = features.transpose(0, 1).reshape(features.shape[1], -1)
+        variance = flat.var(dim=1)
+        floor = MIN_RELATIVE_VARIANCE * variance.mean()
+        self.shift.copy_(flat.mean(dim=1).view_as(self.shift))
+        self.log_scale.copy_((-0.5 * torch.log(variance.clamp_min(floor))).view_as(self.log_scale))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(y, log|det J| per position: N x H x W)."""
         y = (x - self.shift) * torch.exp(self.log_scale)
-        log_det = self.log_scale.sum().expand(x.shape[0], x.shape[2], x.shape[3])
-        return y, log_det
+        return y, self.log_scale.sum().expand(x.shape[0], x.shape[2], x.shape[3])
 
 
 class AffineCoupling(nn.Module):
@@ -74,13 +104,14 @@ class AffineCoupling(nn.Module):
 
 
 class Flow2d(nn.Module):
-    """ActNorm, then `steps` couplings on C x H x W features, the channels permuted between steps so every
+    """Whitening, then `steps` couplings on C x H x W features, the channels permuted after each step so every
     channel is transformed by some step. z of training features should follow N(0, I) at every position."""
 
     permutations: torch.Tensor
 
     def __init__(self, channels: int, steps: int, hidden_ratio: float, clamp: float, seed: int) -> None:
         super().__init__()
+        self.rotation = Rotation(channels)
         self.norm = ActNorm(channels)
         # Paper: 3x3 and 1x1 subnets alternate, which widens the receptive field at half the cost of all-3x3.
         self.couplings = nn.ModuleList(
@@ -93,9 +124,15 @@ class Flow2d(nn.Module):
             "permutations", torch.stack([torch.randperm(channels, generator=generator) for _ in range(steps)])
         )
 
+    def initialize(self, features: torch.Tensor) -> None:
+        """Start as the whitening of the training features (N x C x H x W); the couplings start as identities."""
+        self.rotation.initialize(features)
+        with torch.no_grad():
+            self.norm.initialize(self.rotation(features))
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(z: N x C x H x W, log|det dz/dx| per position: N x H x W)."""
-        z, log_det = self.norm(x)
+        z, log_det = self.norm(self.rotation(x))
         for coupling, permutation in zip(self.couplings, self.permutations, strict=True):
             z, step_log_det = coupling(z)
             z = z[:, permutation]
@@ -111,25 +148,3 @@ def nll_per_dimension(z: torch.Tensor, log_det: torch.Tensor) -> torch.Tensor:
     channels = z.shape[1]
     scaled = z * (1.0 / math.sqrt(channels))
     return 0.5 * (scaled * scaled).sum(dim=1) + 0.5 * math.log(2 * math.pi) - log_det / channels
-
-
-def channel_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std of N x C x H x W features, over images and positions."""
-    flat = features.transpose(0, 1).reshape(features.shape[1], -1)
-    return flat.mean(dim=1), flat.std(dim=1)
-
-
-def layer_norm(x: torch.Tensor) -> torch.Tensor:
-    """Normalization over C x H x W of each image, without learned affine (the paper's LayerNorm): a learned
-    scale outside the flow's Jacobian would let training shrink the features for free.
-
-    The channel means are matmuls on purpose: the int8 bake (converters/quantize.py) keeps everything from the
-    first MatMul on in float, and so the whole flow, whose inputs on defects lie far outside the ranges that
-    calibration on good parts sees. A LayerNorm op would put the taps' own activations in int8 range first."""
-    channels = x.shape[1]
-    channel_mean = x.new_full((channels, 1), 1.0 / channels)
-    positions = x.permute(0, 2, 3, 1)  # N x H x W x C
-    mean = (positions @ channel_mean).mean(dim=(1, 2, 3), keepdim=True)
-    centered = positions - mean
-    variance = ((centered * centered) @ channel_mean).mean(dim=(1, 2, 3), keepdim=True)
-    return (centered * torch.rsqrt(variance + LAYER_NORM_EPS)).permute(0, 3, 1, 2)

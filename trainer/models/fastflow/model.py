@@ -1,9 +1,17 @@
-"""FastFlow (Yu et al., 2021) on EfficientNet-Lite0: per feature tap, a 2-D normalizing flow maps the frozen,
-normalized features of good parts to a standard normal; the negative log-likelihood of each position under that
-flow is the anomaly map.
+"""FastFlow (Yu et al., 2021) on EfficientNet-Lite0: per feature tap, a 2-D normalizing flow maps the frozen
+features of good parts to a standard normal; the negative log-likelihood of each position under that flow is
+the anomaly map.
 
 `forward` takes the raw uint8 N x H x W x 3 image, so normalization is inside the exported graph and the agent
 feeds camera pixels straight in. Training runs on features extracted once, so each epoch costs only the flows.
+
+Measured choices (ELPV image AUROC, seed 0, 10 epochs; poly / mono):
+- taps 10 + 14 (stride 16 and 32): 89.6 / 94.4. PatchCore's stride-8 tap 4 scores 76.8 / 86.1 on its own
+  and drags an average down (4 + 10: 84.5 / 89.9).
+- whitened features (principal axes, then per-axis standardization) instead of the paper's LayerNorm over
+  C x H x W, which rescales a whole cell by its own defect's contrast. Mono, taps 4 + 10, NLL / mean-z^2 map:
+  LayerNorm then per-channel standardization 89.5 / 91.4, no LayerNorm 89.7 / 93.0, whitened 89.9 / 94.1.
+  Whitening also gives the flow a Gaussian (Mahalanobis) start that already scores before any epoch.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from tqdm import tqdm
 
 from trainer.acceleration import batched_features
 from trainer.backbones.efficientnet_lite import efficientnet_lite0, lite_input
-from trainer.models.fastflow.flow import Flow2d, channel_stats, layer_norm, nll_per_dimension
+from trainer.models.fastflow.flow import Flow2d, nll_per_dimension
 from trainer.models.fit_result import FitResult
 from trainer.models.prediction import Prediction
 from trainer.models.smoothing import blur, gaussian_kernel
@@ -39,7 +47,8 @@ class FastFlowRecipe(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     input_size: tuple[int, int] = (256, 256)
-    taps: tuple[int, ...] = Field(default=(4, 10), min_length=1)
+    # One flow per tap; the module docstring says why not PatchCore's (4, 10).
+    taps: tuple[int, ...] = Field(default=(10, 14), min_length=1)
     # Coupling steps per tap; the paper's 8 is sized for ResNet18 features at GPU budgets.
     flow_steps: int = Field(default=8, ge=1)
     # Subnet hidden channels per input channel of a coupling (the paper: 1.0 for small backbones).
@@ -82,8 +91,8 @@ class FastFlow(nn.Module):
         return self
 
     def features(self, image: torch.Tensor) -> list[torch.Tensor]:
-        """uint8 N x H x W x 3 -> the normalized frozen features of every tap, N x C x h x w each."""
-        return [layer_norm(t) for t in self.backbone.features(lite_input(image), self.recipe.taps)]
+        """uint8 N x H x W x 3 -> the frozen features of every tap, N x C x h x w each."""
+        return self.backbone.features(lite_input(image), self.recipe.taps)
 
     def _flat_features(self, image: torch.Tensor) -> torch.Tensor:
         """All taps flattened into one N x D tensor: the fast extractor returns one tensor per batch, and one
@@ -98,9 +107,10 @@ class FastFlow(nn.Module):
         return self._predict(self.features(image), (image.shape[1], image.shape[2]))
 
     def _predict(self, features: list[torch.Tensor], size: tuple[int, int]) -> Prediction:
-        # The full NLL, log-det included, not anomalib's -exp(-0.5 mean z^2): the log-det is the part of the
-        # likelihood that tells a feature the flow had to stretch (rare) from one it compressed (common), and an
-        # unbounded map keeps the max-score ranking of strong defects instead of saturating it at 0.
+        # The full NLL, log-det included, rather than anomalib's -exp(-0.5 mean z^2) or the mean z^2 alone: it is
+        # what the flow was trained to estimate, and it ranked ELPV cells best overall (poly 89.6 against 87.5
+        # for z^2 alone; mono 94.4 against 94.2). An unbounded map also keeps strong defects apart where
+        # -exp(-x) saturates at 0.
         maps = [
             F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
             for m in self.nll_maps(features)
@@ -129,7 +139,7 @@ class FastFlow(nn.Module):
         val = [f[len(train_images) :] for f in features]
         extracted = time.perf_counter()
         for flow, f in zip(self.flows, train, strict=True):
-            cast(Flow2d, flow).norm.initialize(*channel_stats(f))
+            cast(Flow2d, flow).initialize(f)
         best, epochs_run, train_nll = self._train(train, val, device)
         trained = time.perf_counter()
         self.eval()
@@ -181,26 +191,25 @@ class FastFlow(nn.Module):
         best = BestWeights(recipe.patience)
         count = len(train[0])
         train_history: list[float] = []
-        bar = tqdm(range(1, recipe.epochs + 1), desc="training flows", unit="epoch", leave=False)
-        for epoch in bar:
-            self.flows.train()
-            order = torch.randperm(count, generator=generator).to(device)
-            total = 0.0
-            for start in range(0, count, recipe.batch_size):
-                rows = order[start : start + recipe.batch_size]
-                loss = self._loss([f[rows] for f in train])
-                optimizer.zero_grad(set_to_none=True)
-                torch.autograd.backward(loss)
-                optimizer.step()
-                total += loss.item() * len(rows)
-            train_history.append(total / count)
-            self.flows.eval()
-            # Without validation images the training NLL is the only signal early stopping has.
-            val_loss = self._mean_nll(val) if len(val[0]) else train_history[-1]
-            bar.set_postfix(train=f"{train_history[-1]:.4f}", val=f"{val_loss:.4f}")
-            if best.update(self.flows, epoch, train_history[-1], val_loss):
-                break
-        bar.close()
+        with tqdm(range(1, recipe.epochs + 1), desc="training flows", unit="epoch", leave=False) as bar:
+            for epoch in bar:
+                self.flows.train()
+                order = torch.randperm(count, generator=generator).to(device)
+                total = 0.0
+                for start in range(0, count, recipe.batch_size):
+                    rows = order[start : start + recipe.batch_size]
+                    loss = self._loss([f[rows] for f in train])
+                    optimizer.zero_grad(set_to_none=True)
+                    torch.autograd.backward(loss)
+                    optimizer.step()
+                    total += loss.item() * len(rows)
+                train_history.append(total / count)
+                self.flows.eval()
+                # Without validation images the training NLL is the only signal early stopping has.
+                val_loss = self._mean_nll(val) if len(val[0]) else train_history[-1]
+                bar.set_postfix(train=f"{train_history[-1]:.4f}", val=f"{val_loss:.4f}")
+                if best.update(self.flows, epoch, train_history[-1], val_loss):
+                    break
         best.restore(self.flows)
         # BestWeights raises unless some epoch was good, so best_epoch names a finished epoch.
         return best, len(train_history), train_history[best.best_epoch - 1]
