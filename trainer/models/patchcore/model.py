@@ -20,12 +20,12 @@ from torch import nn
 from trainer.acceleration import batched_features
 from trainer.backbones.efficientnet_lite import efficientnet_lite0, lite_input
 from trainer.models.fit_result import FitResult
+from trainer.models.patch_features import locally_aware
 from trainer.models.patchcore.bank import Quantization, block_scales, int8_encode, pq_decode, pq_encode
 from trainer.models.patchcore.coreset import greedy_coreset
 from trainer.models.prediction import Prediction
 from trainer.models.smoothing import blur, gaussian_kernel
 
-NEIGHBOURHOOD = 3
 FLOAT_BYTES = 4
 # Added to the squared distance of a hidden bank entry: far beyond any real feature distance.
 HIDDEN_DISTANCE = 1e12
@@ -112,11 +112,7 @@ class PatchCore(nn.Module):
 
     def embed(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 N x H x W x 3 -> locally aware patch features N x D x h x w at the first tap's stride."""
-        taps = self.backbone.features(lite_input(image), self.recipe.taps)
-        pooled = [F.avg_pool2d(t, NEIGHBOURHOOD, stride=1, padding=NEIGHBOURHOOD // 2) for t in taps]
-        size = pooled[0].shape[-2:]
-        resized = [pooled[0]] + [F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in pooled[1:]]
-        return torch.cat(resized, dim=1)
+        return locally_aware(self.backbone.features(lite_input(image), self.recipe.taps))
 
     def _reweight(
         self, patches: torch.Tensor, nearest_sq: torch.Tensor, bank: torch.Tensor, hide: torch.Tensor | None
@@ -197,6 +193,8 @@ class PatchCore(nn.Module):
         """Build the memory bank from good images (uint8 N x H x W x 3), the validation images included: a bank
         grows better with every good image. Each validation input is then scored with the entries of its group
         (its frame; tiles of one frame overlap) hidden, so its scores are out-of-sample."""
+        # PatchCore does not train: its features come fastest through OpenVINO on the CPU, whatever --device says.
+        self.cpu()
         started = time.perf_counter()
         chunks = batched_features(
             self.embed, np.concatenate([train_images, val_images]), self.recipe.batch_size, progress
