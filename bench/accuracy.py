@@ -1,14 +1,19 @@
-"""Image AUROC of PatchCore on synthetic parts and on ELPV solar cells, against DESIGN.md's bar.
+"""Image AUROC of PatchCore (or any registry model) on synthetic parts and on ELPV solar cells, against
+DESIGN.md's bar.
 
     .venv/bin/python bench/accuracy.py
 
     .venv/bin/python bench/accuracy.py --datasets elpv-mono,elpv-poly --recipe my-recipe.yaml --seed 1
+
+    .venv/bin/python bench/accuracy.py --models patchcore,simplenet --datasets elpv-mono,elpv-poly
 
 Each data set goes through the public API the way `trainer fit` and `trainer eval` see it: fit (which holds out
 20% of the good training images to calibrate the threshold, so it learns from "fitted on" of them), load the
 bundle back from disk, score the test images, AUROC. ELPV is `--data elpv:<type>:<seed>`: a seeded 80/20 of
 the probability-0 cells, tested as held-out probability-0 cells against the probability-1 cells, as the
 reference measurement was. Fit wall seconds are the whole `fit()` call: reading, fitting, and its own scoring.
+Each model gets its own table, in the order `--models` names them, each with its default recipe unless
+`--recipe` names one (then only one model).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from trainer.data.layouts import ELPV_PREFIX, discover
 from trainer.data.synthetic import SyntheticSpec, generate
 from trainer.fit import FitOptions, fit
 from trainer.metrics import image_auroc
+from trainer.models import REGISTRY
 from trainer.predict import predict_scores, read_frames
 
 MODEL = "patchcore"
@@ -55,10 +61,10 @@ def data_for(name: str, tmp: Path, seed: int) -> Path:
     return Path(f"{ELPV_PREFIX}{name.removeprefix('elpv-')}:{seed}")
 
 
-def measure(name: str, data: Path, out: Path, recipe: Path | None, seed: int) -> Result:
+def measure(model: str, name: str, data: Path, out: Path, recipe: Path | None, seed: int) -> Result:
     dataset = discover(data)  # the same call fit makes, so the test set here is the one fit kept out
     start = time.perf_counter()
-    fit(FitOptions(data=data, model=MODEL, out=out, recipe=recipe, seed=seed))
+    fit(FitOptions(data=data, model=model, out=out, recipe=recipe, seed=seed))
     fit_s = time.perf_counter() - start
     model, manifest = load_bundle(out)
     frames, kept, _ = read_frames(s.path for s in dataset.test)
@@ -87,22 +93,37 @@ def parse_datasets(text: str) -> list[str]:
     return names
 
 
+def parse_models(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(REGISTRY))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown model(s) {', '.join(unknown)}; pick from {', '.join(REGISTRY)}")
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", type=parse_datasets, default=list(DATASETS), help=",".join(DATASETS))
+    parser.add_argument("--models", type=parse_models, default=[MODEL], help=",".join(REGISTRY))
     parser.add_argument("--recipe", type=Path, help="training recipe YAML passed to fit (default: the model's)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the ELPV split, fit's hold-out and synthetic data")
     args = parser.parse_args()
-    print(f"{MODEL}, recipe {args.recipe or 'default'}, seed {args.seed}\n")
-    print(
-        "| data set | train | fitted on | test good | test defect | image AUROC % | bar % | vs bar (points) "
-        "| fit wall s |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    if args.recipe is not None and len(args.models) > 1:
+        parser.error("--recipe holds one model's keys; name that one model with --models")
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.datasets:
-            data = data_for(name, Path(tmp), args.seed)
-            print(row(measure(name, data, Path(tmp) / "models" / name, args.recipe, args.seed)), flush=True)
+        for number, model in enumerate(args.models):
+            if number:
+                print()
+            print(f"{model}, recipe {args.recipe or 'default'}, seed {args.seed}\n")
+            print(
+                "| data set | train | fitted on | test good | test defect | image AUROC % | bar % | vs bar (points) "
+                "| fit wall s |"
+            )
+            print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+            for name in args.datasets:
+                data = data_for(name, Path(tmp), args.seed)
+                out = Path(tmp) / "models" / model / name
+                print(row(measure(model, name, data, out, args.recipe, args.seed)), flush=True)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ from trainer.models import REGISTRY
 
 FP32_REL_TOLERANCE = 1e-3
 FP32_MIN_SPEARMAN = 0.9999
-FP16_REL_TOLERANCE = 1e-2
+# fp16 has no parity goal of its own; fp16 weights keep 11 bits, and a score near 0 (SimpleNet's softplus of a
+# confident discriminator) moves by ~1% relative. Verdicts and ranks are held to the bounds below.
+FP16_REL_TOLERANCE = 2e-2
 FP16_MIN_SPEARMAN = 0.99
 # The goal is 0.99 (bench/int8.py measures it on real data); on this tiny set the goods' scores lie so close
 # together that int8 noise swaps a few of them, which is all this bound lets through.

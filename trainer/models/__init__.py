@@ -9,6 +9,7 @@ from torch import nn
 
 from trainer.models.fastflow import FastFlow, FastFlowRecipe
 from trainer.models.patchcore import PatchCore, PatchCoreRecipe
+from trainer.models.simplenet import SimpleNet, SimpleNetRecipe
 
 
 @dataclass(frozen=True)
@@ -20,4 +21,5 @@ class ModelEntry:
 REGISTRY: dict[str, ModelEntry] = {
     "patchcore": ModelEntry(PatchCore, PatchCoreRecipe),
     "fastflow": ModelEntry(FastFlow, FastFlowRecipe),
+    "simplenet": ModelEntry(SimpleNet, SimpleNetRecipe),
 }

@@ -17,6 +17,11 @@ from trainer.models.training import BestWeights
 LEAKY_SLOPE = 0.2  # the paper's discriminator activation
 # Patches scored at once for the validation loss: bounds the activations' memory on large hold-outs.
 EVAL_PATCHES = 65_536
+# A small set would get a step or two per epoch at `patch_batch`: it takes at least this many smaller steps (of
+# at least MIN_STEP_PATCHES patches each), so that after one epoch BatchNorm's running statistics have settled and
+# the validation loss that early stopping watches measures a trained head.
+MIN_STEPS_PER_EPOCH = 32
+MIN_STEP_PATCHES = 64
 # Floor of a feature channel's standard deviation: a channel constant over the training set is not amplified.
 MIN_FEATURE_STD = 1e-3
 
@@ -102,7 +107,7 @@ def _train_epoch(
     head.train()
     order = torch.randperm(len(rows), generator=generator, device=rows.device)
     # Equal steps rather than a ragged last one: a handful of patches would give BatchNorm useless statistics.
-    steps = math.ceil(len(rows) / recipe.patch_batch)
+    steps = max(math.ceil(len(rows) / recipe.patch_batch), min(MIN_STEPS_PER_EPOCH, len(rows) // MIN_STEP_PATCHES))
     total = torch.zeros((), device=rows.device)
     for picked in torch.tensor_split(order, steps):
         batch = rows[picked]
@@ -145,13 +150,22 @@ def train_head(head: Head, train: torch.Tensor, val: torch.Tensor | None, recipe
         val = (val - mean) / std
     generator = torch.Generator(device=train.device).manual_seed(recipe.seed)
     head.reset(generator)
-    optimizer = torch.optim.Adam(head.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    # No weight decay on the adaptor: shrinking its output makes the fixed noise relatively larger and the task
+    # trivially easy, and on ELPV that cost several AUROC points.
+    groups = [
+        {"params": head.adaptor.parameters(), "weight_decay": 0.0},
+        {"params": head.discriminator.parameters(), "weight_decay": recipe.weight_decay},
+    ]
+    optimizer = torch.optim.Adam(groups, lr=recipe.lr)
+    # Annealing the rate settles the head: at a constant rate ELPV's AUROC wandered by a point from epoch to epoch.
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, recipe.epochs)
     best = BestWeights(recipe.patience)
     train_losses: dict[int, float] = {}
     epoch = 0
     with tqdm(range(1, recipe.epochs + 1), desc="training simplenet", unit="epoch", leave=False) as bar:
         for epoch in bar:
             train_losses[epoch] = _train_epoch(head, train, optimizer, generator, recipe)
+            schedule.step()
             val_loss = _validation_loss(head, val, recipe) if val is not None else train_losses[epoch]
             bar.set_postfix(train=f"{train_losses[epoch]:.4f}", val=f"{val_loss:.4f}")
             if best.update(head, epoch, train_losses[epoch], val_loss):
