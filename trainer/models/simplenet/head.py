@@ -55,7 +55,7 @@ class Head(nn.Module):
         """Trained on standardized features (x - mean) / std, the adaptor takes raw features from now on: the
         graph stays one MatMul, and the weights file holds no normalization of its own."""
         weight = self.adaptor.weight / std
-        self.adaptor.bias -= weight @ mean
+        self.adaptor.bias.sub_(weight @ mean)
         self.adaptor.weight.copy_(weight)
 
     def discriminate(self, adapted: torch.Tensor) -> torch.Tensor:
@@ -114,7 +114,7 @@ def _train_epoch(
         noise = _noise(torch.Size((len(batch), head.adaptor.out_features)), recipe.noise_sigma, generator, rows.device)
         loss = _loss(head, batch, noise, recipe)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        torch.autograd.backward(loss)
         optimizer.step()
         total += loss.detach() * len(batch)
     return float(total) / len(rows)
