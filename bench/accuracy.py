@@ -61,10 +61,10 @@ def data_for(name: str, tmp: Path, seed: int) -> Path:
     return Path(f"{ELPV_PREFIX}{name.removeprefix('elpv-')}:{seed}")
 
 
-def measure(model: str, name: str, data: Path, out: Path, recipe: Path | None, seed: int) -> Result:
+def measure(model_name: str, name: str, data: Path, out: Path, recipe: Path | None, seed: int) -> Result:
     dataset = discover(data)  # the same call fit makes, so the test set here is the one fit kept out
     start = time.perf_counter()
-    fit(FitOptions(data=data, model=model, out=out, recipe=recipe, seed=seed))
+    fit(FitOptions(data=data, model=model_name, out=out, recipe=recipe, seed=seed))
     fit_s = time.perf_counter() - start
     model, manifest = load_bundle(out)
     frames, kept, _ = read_frames(s.path for s in dataset.test)

@@ -68,7 +68,8 @@ def fitted(parts: Parts) -> Fitted:
 
 def _scores(model: SimpleNet, images: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return model(torch.from_numpy(images)).score.numpy()
+        scores: np.ndarray = model(torch.from_numpy(images)).score.numpy()
+    return scores
 
 
 def test_prediction_shapes_and_the_fitted_state(fitted: Fitted, parts: Parts) -> None:

@@ -20,13 +20,12 @@ from torch import nn
 from trainer.acceleration import batched_features
 from trainer.backbones.efficientnet_lite import efficientnet_lite0, lite_input
 from trainer.models.fit_result import FitResult
+from trainer.models.patch_features import locally_aware
 from trainer.models.prediction import Prediction
 from trainer.models.simplenet.head import Head, train_head
 from trainer.models.simplenet.recipe import SimpleNetRecipe
 from trainer.models.smoothing import blur, gaussian_kernel
 from trainer.models.training import module_device
-
-NEIGHBOURHOOD = 3
 
 
 class SimpleNet(nn.Module):
@@ -49,13 +48,8 @@ class SimpleNet(nn.Module):
         return self
 
     def embed(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8 N x H x W x 3 -> locally aware patch features N x D x h x w at the first tap's stride: each tap
-        averaged over its 3 x 3 neighbourhood, the deeper taps resampled to the first tap's grid."""
-        taps = self.backbone.features(lite_input(image), self.recipe.taps)
-        pooled = [F.avg_pool2d(t, NEIGHBOURHOOD, stride=1, padding=NEIGHBOURHOOD // 2) for t in taps]
-        size = pooled[0].shape[-2:]
-        resized = [pooled[0]] + [F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in pooled[1:]]
-        return torch.cat(resized, dim=1)
+        """uint8 N x H x W x 3 -> locally aware patch features N x D x h x w at the first tap's stride."""
+        return locally_aware(self.backbone.features(lite_input(image), self.recipe.taps))
 
     def forward(self, image: torch.Tensor) -> Prediction:
         return self._predict(self.embed(image).permute(0, 2, 3, 1), (image.shape[1], image.shape[2]))
@@ -101,8 +95,8 @@ class SimpleNet(nn.Module):
     ) -> FitResult:
         """Train the head on the frozen features of good images (uint8 K x H x W x 3). The validation images
         only decide when training stops; the head never learns from them, so their scores are out-of-sample
-        whichever frame (`val_groups`) they came from."""
-        torch.manual_seed(self.recipe.seed)
+        whichever frame (`val_groups`) they came from. Every random draw (initialization, shuffling, noise)
+        comes from a generator seeded with the recipe's seed, so a seed gives the same head."""
         size = (self.recipe.input_size[0], self.recipe.input_size[1])
         started = time.perf_counter()
         train = self.features(train_images, progress)
