@@ -45,6 +45,27 @@ def batched_features(
     return out
 
 
+def features_on(
+    device: torch.device,
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    images: np.ndarray,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """`embed` over `images` as one tensor on `device`: through `batched_features` on the CPU, in torch on a GPU,
+    where the frozen backbone is fast enough and the features are needed on the GPU anyway."""
+    if device.type == "cpu":
+        return torch.from_numpy(np.concatenate(batched_features(embed, images, batch_size, progress)))
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            batch = torch.from_numpy(images[start : start + batch_size]).to(device)
+            parts.append(embed(batch))
+            if progress is not None:
+                progress(len(batch))
+    return torch.cat(parts)
+
+
 def _openvino_runner(
     embed: Callable[[torch.Tensor], torch.Tensor], example: np.ndarray
 ) -> Callable[[np.ndarray], np.ndarray] | None:

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from tqdm import tqdm
 
-from trainer.acceleration import batched_features
+from trainer.acceleration import features_on
 from trainer.backbones.efficientnet_lite import efficientnet_lite0, lite_input
 from trainer.models.fastflow.flow import Flow2d, nll_per_dimension
 from trainer.models.fit_result import FitResult
@@ -165,18 +165,7 @@ class FastFlow(nn.Module):
         with torch.no_grad():
             blank = torch.zeros(1, height, width, 3, dtype=torch.uint8, device=device)
             shapes = [f.shape[1:] for f in self.features(blank)]
-            if device.type == "cpu":
-                flat = torch.from_numpy(
-                    np.concatenate(batched_features(self._flat_features, images, self.recipe.batch_size, progress))
-                )
-            else:
-                parts = []
-                for start in range(0, len(images), self.recipe.batch_size):
-                    batch = torch.from_numpy(images[start : start + self.recipe.batch_size]).to(device)
-                    parts.append(self._flat_features(batch))
-                    if progress is not None:
-                        progress(len(batch))
-                flat = torch.cat(parts)
+            flat = features_on(device, self._flat_features, images, self.recipe.batch_size, progress)
         sizes = [math.prod(s) for s in shapes]
         return [part.reshape(-1, *shape) for part, shape in zip(torch.split(flat, sizes, dim=1), shapes, strict=True)]
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.acceleration import batched_features
+from trainer.acceleration import features_on
 from trainer.backbones.efficientnet_lite import efficientnet_lite0, lite_input
 from trainer.models.fit_result import FitResult
 from trainer.models.patch_features import locally_aware
@@ -67,17 +67,8 @@ class SimpleNet(nn.Module):
         """Frozen patch features of uint8 K x H x W x 3 images, channels last (K x h x w x D, so the rows of a
         reshape to (-1, D) are the patches), on the module's device: through OpenVINO on the CPU, in torch on
         a GPU."""
-        device = module_device(self)
-        if device.type == "cpu":
-            chunks = batched_features(self.embed, images, self.recipe.batch_size, progress)
-            return torch.from_numpy(np.concatenate([c.transpose(0, 2, 3, 1) for c in chunks]))
-        parts = []
-        for start in range(0, len(images), self.recipe.batch_size):
-            batch = torch.from_numpy(images[start : start + self.recipe.batch_size]).to(device)
-            parts.append(self.embed(batch).permute(0, 2, 3, 1))
-            if progress is not None:
-                progress(len(batch))
-        return torch.cat(parts)
+        flat = features_on(module_device(self), self.embed, images, self.recipe.batch_size, progress)
+        return flat.permute(0, 2, 3, 1).contiguous()
 
     @torch.no_grad()
     def _score(self, feats: torch.Tensor, size: tuple[int, int]) -> Prediction:
