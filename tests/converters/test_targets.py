@@ -21,7 +21,7 @@ from edge_agent.geometry import Geometry, prepare
 from edge_agent.imageio import list_images, read_image
 from edge_agent.runtimes import make_runtime
 from edge_agent.runtimes.onnxruntime import TENSORRT, OnnxRuntime
-from trainer.bundle import load_bundle
+from trainer.bundle import load_bundle, read_manifest
 from trainer.fit import FitOptions, fit
 from trainer.models import REGISTRY
 
@@ -37,6 +37,10 @@ INT8_MIN_SPEARMAN_TINY = 0.85
 INT8_MIN_AGREEMENT = 0.99
 TINY_EPOCHS = 3
 TARGETS = [("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "int8"), ("onnx", "fp32")]
+# FastFlow's NLL sums squared whitened features, so the int8 backbone's noise raises every score (on this tiny set
+# by 0.22 on average, on goods whose scores spread by 0.12) and the guard refuses the bundle. Refusing is the
+# contract; a bundle that got through would still be held to the bounds below.
+GUARD_MAY_REFUSE_INT8 = {"fastflow"}
 
 
 @pytest.fixture(scope="module", params=sorted(REGISTRY))
@@ -60,7 +64,15 @@ def test_baked_model_follows_torch_in_the_agent_runtime(
 ) -> None:
     edge = tmp_path / "edge"
     defects = pipeline.data / "test" / "scratch"
-    manifest = bake(BakeOptions(bundle=bundle, out=edge, target=target, precision=precision, defects=defects))
+    options = BakeOptions(bundle=bundle, out=edge, target=target, precision=precision, defects=defects)
+    if precision == "int8" and read_manifest(bundle).model in GUARD_MAY_REFUSE_INT8:
+        try:
+            manifest = bake(options)
+        except BakeError as exc:
+            assert "int8 bundle refused" in str(exc) and not edge.exists()
+            pytest.skip(f"the accuracy guard refused this int8 bake: {exc}")
+    else:
+        manifest = bake(options)
     parity = manifest.parity
     if precision == "int8":
         assert parity.spearman >= INT8_MIN_SPEARMAN_TINY
