@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
+from pydantic import ValidationError
 
 from trainer.models.patchcore import PatchCore, PatchCoreRecipe
 
@@ -47,3 +49,21 @@ def test_validation_hides_a_whole_group_of_inputs() -> None:
 def test_fit_without_validation_images() -> None:
     result = _model().fit(_parts(3, 0), np.zeros((0, SIZE, SIZE, 3), np.uint8))
     assert result.validation.score.shape == (0,)
+
+
+def test_tap_weights_scale_each_taps_features() -> None:
+    images = torch.from_numpy(_parts(2, 3))
+    plain = _model()
+    weighted = PatchCore(plain.recipe.model_copy(update={"tap_weights": (3.0, 0.5)}))
+    fine = plain.blocks[0]
+    with torch.no_grad():
+        base, scaled = plain.embed(images), weighted.embed(images)
+    torch.testing.assert_close(scaled[:, :fine], 3.0 * base[:, :fine])
+    torch.testing.assert_close(scaled[:, fine:], 0.5 * base[:, fine:])
+
+
+def test_tap_weights_need_one_positive_weight_per_tap() -> None:
+    with pytest.raises(ValidationError, match="1 weight"):
+        PatchCoreRecipe(taps=(4, 10), tap_weights=(3.0,))
+    with pytest.raises(ValidationError, match="positive"):
+        PatchCoreRecipe(taps=(4, 10), tap_weights=(3.0, 0.0))
