@@ -18,3 +18,11 @@ def test_boxes_are_in_frame_pixels_and_sorted_by_peak() -> None:
 
 def test_nothing_above_threshold_gives_no_region() -> None:
     assert find_regions(np.ones((8, 8), np.float32), 2.0, (1.0, 1.0)) == []
+
+
+def test_a_peak_inside_another_regions_box_belongs_to_that_region() -> None:
+    amap = np.zeros((40, 40), np.float32)
+    amap[5:35, 5] = amap[5:35, 34] = amap[5, 5:35] = 2.0  # an open frame: its box covers the middle
+    amap[18:22, 18:22] = 9.0  # a separate blob inside that box
+    peaks = sorted(r["peak"] for r in find_regions(amap, threshold=1.0, frame_scale=(1.0, 1.0)))
+    assert peaks == [2.0, 9.0]
