@@ -45,8 +45,8 @@ class PatchCoreRecipe(BaseModel):
     input_size: tuple[int, int] = (256, 256)
     taps: tuple[int, ...] = (4, 10)
     # Each tap's features are multiplied by its weight, so its share of a patch distance goes with the weight
-    # squared. Measured on ELPV (README): (3, 1) helps smooth mono cells, whose thin cracks show in the fine tap,
-    # and hurts grainy poly cells, whose fine texture is normal; so by default (None) every tap weighs 1.
+    # squared: a heavier fine tap for thin defects on smooth surfaces. On ELPV (README) (3, 1) left mono level
+    # and cost poly 2-3 points, whose fine grain is normal texture; so by default (None) the taps stay even.
     tap_weights: tuple[float, ...] | None = None
     coreset_ratio: float = Field(default=0.01, gt=0, le=1)
     # Few training images at 1% leave too few patches to cover normal variation; the bank never goes below this.
@@ -85,7 +85,7 @@ class PatchCore(nn.Module):
     bank_codebooks: torch.Tensor
     bank_neighbours: torch.Tensor
     blur_kernel: torch.Tensor
-    channel_weight: torch.Tensor
+    channel_weight: torch.Tensor | None
 
     def __init__(self, recipe: PatchCoreRecipe) -> None:
         super().__init__()
@@ -107,9 +107,12 @@ class PatchCore(nn.Module):
             self.register_buffer("bank_codebooks", torch.zeros(subspaces, 0, recipe.pq_subvector_dim))
         self.register_buffer("bank_neighbours", torch.zeros(0, recipe.reweight_neighbours, dtype=torch.int64))
         self.register_buffer("blur_kernel", gaussian_kernel(recipe.blur_sigma))
-        tap_weights = recipe.tap_weights or (1.0,) * len(self.blocks)
-        weights = [torch.full((c,), w) for c, w in zip(self.blocks, tap_weights, strict=True)]
-        self.register_buffer("channel_weight", torch.cat(weights).view(1, -1, 1, 1), persistent=False)
+        # Without weights there is no multiply at all, so the default baked graph has no extra op per frame.
+        weight = None
+        if recipe.tap_weights is not None:
+            per_tap = [torch.full((c,), w) for c, w in zip(self.blocks, recipe.tap_weights, strict=True)]
+            weight = torch.cat(per_tap).view(1, -1, 1, 1)
+        self.register_buffer("channel_weight", weight, persistent=False)
         self.eval()
 
     def memory_bank(self) -> torch.Tensor:
@@ -130,7 +133,8 @@ class PatchCore(nn.Module):
 
     def embed(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 N x H x W x 3 -> locally aware patch features N x D x h x w at the first tap's stride."""
-        return locally_aware(self.backbone.features(lite_input(image), self.recipe.taps)) * self.channel_weight
+        features = locally_aware(self.backbone.features(lite_input(image), self.recipe.taps))
+        return features if self.channel_weight is None else features * self.channel_weight
 
     def _reweight(
         self, patches: torch.Tensor, nearest_sq: torch.Tensor, bank: torch.Tensor, hide: torch.Tensor | None
