@@ -6,6 +6,7 @@ import torch
 from pydantic import ValidationError
 
 from trainer.models.patchcore import PatchCore, PatchCoreRecipe
+from trainer.models.patchcore.model import smallest
 
 SIZE = 64
 
@@ -67,3 +68,40 @@ def test_tap_weights_need_one_positive_weight_per_tap() -> None:
         PatchCoreRecipe(taps=(4, 10), tap_weights=(3.0,))
     with pytest.raises(ValidationError, match="positive"):
         PatchCoreRecipe(taps=(4, 10), tap_weights=(3.0, 0.0))
+
+
+def _fitted(**recipe: object) -> PatchCore:
+    settings = {"input_size": (SIZE, SIZE), "min_memory_bank": 200, "reweight_neighbours": 0, **recipe}
+    model = PatchCore(PatchCoreRecipe.model_validate(settings))
+    model.fit(_parts(4, 0), _parts(2, 1))
+    return model
+
+
+@pytest.mark.parametrize("bank_quantization", ["int8", "none", "pq"])
+def test_a_shortlist_of_the_whole_bank_measures_every_entry(bank_quantization: str) -> None:
+    images = torch.from_numpy(_parts(2, 5))
+    full = _fitted(bank_quantization=bank_quantization, shortlist_dim=0)
+    listed = _fitted(bank_quantization=bank_quantization, shortlist_dim=8, shortlist_size=100_000)
+    with torch.no_grad():
+        exact, shortlisted = full(images), listed(images)
+    torch.testing.assert_close(shortlisted.anomaly_map, exact.anomaly_map, rtol=1e-4, atol=1e-3)
+
+
+def test_a_short_shortlist_never_finds_an_entry_nearer_than_the_nearest() -> None:
+    images = torch.from_numpy(_parts(2, 6))
+    full = _fitted(shortlist_dim=0)
+    listed = _fitted(shortlist_dim=4, shortlist_size=2)
+    with torch.no_grad():
+        exact, shortlisted = full(images).anomaly_map, listed(images).anomaly_map
+    # Smoothing has non-negative weights, so a per-patch upper bound stays one on the map.
+    assert (shortlisted >= exact - 1e-3).all()
+    assert shortlisted.mean() < 1.5 * exact.mean()
+    assert listed.shortlist_bytes() == (152 * 4 + 200 * 4 + 200) * 4
+
+
+@pytest.mark.parametrize(("k", "group"), [(1, 8), (8, 8), (5, 4), (30, 8), (64, 8)])
+def test_smallest_finds_the_k_smallest_of_every_row(k: int, group: int) -> None:
+    values = torch.randn(50, 64, generator=torch.Generator().manual_seed(k))
+    found = smallest(values, k, group)
+    expected = values.topk(k, dim=1, largest=False).indices
+    assert (found.sort(dim=1).values == expected.sort(dim=1).values).all()

@@ -33,6 +33,10 @@ HIDDEN_DISTANCE = 1e12
 # features are still told apart instead of being clipped to the normal range.
 QUERY_RANGE_MARGIN = 2.0
 INT8_LOW, INT8_HIGH = -128, 127
+# Bank entries per group in the shortlist's first TopK (see `smallest`); the bank's index is padded to a whole
+# number of groups with entries ranked beyond any real or hidden one.
+SHORTLIST_GROUP = 8
+PADDING_RANK = 1e3 * HIDDEN_DISTANCE
 # Validation inputs scored at once; each holds a patches x bank distance matrix, so this bounds fit's peak RSS.
 VALIDATION_BATCH = 2
 
@@ -57,6 +61,11 @@ class PatchCoreRecipe(BaseModel):
     pq_subvector_dim: int = Field(default=4, ge=1)
     # b of the paper's image-score reweighting (its nearest bank entry's neighbourhood); 0 turns it off.
     reweight_neighbours: int = Field(default=9, ge=0)
+    # Nearest-neighbour search in two steps: every bank entry is ranked on the bank's first `shortlist_dim`
+    # principal axes (a lower bound of its distance, at a fraction of the matmul), then the `shortlist_size`
+    # best are measured in full. 0 measures every entry in full. Values past the feature width rank in full.
+    shortlist_dim: int = Field(default=32, ge=0)
+    shortlist_size: int = Field(default=8, ge=1)
     blur_sigma: float = Field(default=4.0, ge=0)
     batch_size: int = Field(default=16, ge=1)
     seed: int = 0
@@ -77,6 +86,27 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a * a).sum(-1, keepdim=True) - 2 * a @ b.transpose(-1, -2) + (b * b).sum(-1).unsqueeze(-2)).clamp_min(0)
 
 
+def smallest(values: torch.Tensor, k: int, group: int) -> torch.Tensor:
+    """Column indices of each row's k smallest values; rows are a whole number of groups of `group` columns.
+    The k smallest lie in the k groups with the smallest minima, however the columns are grouped, so a TopK over
+    the group minima and one over those groups' members find them exactly. A runtime's TopK over a long row
+    costs several times a min over it (OpenVINO CPU), and this keeps both TopKs short. A group is every
+    (width / group)-th column, so its min is an elementwise min of contiguous slices."""
+    rows, width = values.shape
+    stride = width // group
+    minima = values.reshape(rows, group, stride).min(dim=1).values
+    groups = minima.topk(min(k, stride), dim=1, largest=False).indices
+    members = (groups.unsqueeze(-1) + stride * torch.arange(group)).reshape(rows, -1)
+    return members.gather(1, values.gather(1, members).topk(k, dim=1, largest=False).indices)
+
+
+def principal_axes(points: torch.Tensor, count: int) -> torch.Tensor:
+    """D x count: the directions of the points' largest variance, largest first."""
+    centred = (points - points.mean(0)).double()
+    _, vectors = torch.linalg.eigh(centred.T @ centred)  # eigenvalues ascending
+    return vectors[:, -count:].flip(1).float().contiguous()
+
+
 class PatchCore(nn.Module):
     bank_float: torch.Tensor
     bank_codes: torch.Tensor
@@ -84,6 +114,9 @@ class PatchCore(nn.Module):
     query_scale: torch.Tensor
     bank_codebooks: torch.Tensor
     bank_neighbours: torch.Tensor
+    shortlist_basis: torch.Tensor
+    shortlist_bank: torch.Tensor
+    shortlist_norms: torch.Tensor
     blur_kernel: torch.Tensor
     channel_weight: torch.Tensor | None
 
@@ -106,6 +139,13 @@ class PatchCore(nn.Module):
             self.register_buffer("bank_codes", torch.zeros(0, subspaces, dtype=torch.uint8))
             self.register_buffer("bank_codebooks", torch.zeros(subspaces, 0, recipe.pq_subvector_dim))
         self.register_buffer("bank_neighbours", torch.zeros(0, recipe.reweight_neighbours, dtype=torch.int64))
+        if recipe.shortlist_dim > 0:
+            rank = min(recipe.shortlist_dim, self.feature_dim)
+            # Derived from the bank, so not saved: rebuilt whenever a bank is set or loaded.
+            self.register_buffer("shortlist_basis", torch.zeros(self.feature_dim, rank), persistent=False)
+            self.register_buffer("shortlist_bank", torch.zeros(0, rank), persistent=False)
+            self.register_buffer("shortlist_norms", torch.zeros(0), persistent=False)
+            self.register_load_state_dict_post_hook(lambda module, _keys: module.index_bank())
         self.register_buffer("blur_kernel", gaussian_kernel(recipe.blur_sigma))
         # Without weights there is no multiply at all, so the default baked graph has no extra op per frame.
         weight = None
@@ -131,6 +171,24 @@ class PatchCore(nn.Module):
             getattr(self, n).numel() * getattr(self, n).element_size() for n in names[self.recipe.bank_quantization]
         )
 
+    def index_bank(self) -> None:
+        """Builds the shortlist index of the current bank."""
+        decoded = self.memory_bank()
+        if self.recipe.shortlist_dim == 0 or len(decoded) == 0:
+            return
+        self.shortlist_basis = principal_axes(decoded, self.shortlist_basis.shape[1])
+        padding = -len(decoded) % SHORTLIST_GROUP
+        projected = decoded @ self.shortlist_basis
+        self.shortlist_bank = F.pad(projected, (0, 0, 0, padding))
+        self.shortlist_norms = F.pad((projected * projected).sum(-1), (0, padding), value=PADDING_RANK)
+
+    def shortlist_bytes(self) -> int:
+        """Bytes of the shortlist index (principal axes and the bank's projection), held beside the bank."""
+        if self.recipe.shortlist_dim == 0:
+            return 0
+        parts = (self.shortlist_basis, self.shortlist_bank, self.shortlist_norms)
+        return sum(t.numel() for t in parts) * FLOAT_BYTES
+
     def embed(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 N x H x W x 3 -> locally aware patch features N x D x h x w at the first tap's stride."""
         features = locally_aware(self.backbone.features(lite_input(image), self.recipe.taps))
@@ -152,37 +210,64 @@ class PatchCore(nn.Module):
         dist = to_bank.gather(1, support).sqrt()
         return 1 - torch.softmax(dist, dim=1)[:, 0]
 
-    def _blocks(self, patches: torch.Tensor, bank: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(queries, bank) pairs whose squared distances add up to the patch-to-bank distances. With the int8
-        bank there is one pair per tap, the queries quantized with the tap's scale: every distance term then
-        comes from the same quantized values, the matmul runs int8 x int8 in the baked graph with exact integer
-        sums, and the distances are exact for the quantized features."""
+    def _quantized_queries(self, patches: torch.Tensor) -> list[torch.Tensor]:
+        """The query features one block at a time. With the int8 bank each block is quantized with its tap's
+        scale, so every distance term comes from the same quantized values as the bank's."""
         if self.recipe.bank_quantization != "int8":
-            return [(patches, bank)]
-        pairs = []
+            return [patches]
+        queries = []
         start = 0
         for k, width in enumerate(self.blocks):
             # A Python float: exporters turn this into a static FakeQuantize / QuantizeLinear pair.
             scale = float(self.query_scale[k])
-            query = torch.fake_quantize_per_tensor_affine(
-                patches[:, start : start + width], scale, 0, INT8_LOW, INT8_HIGH
+            queries.append(
+                torch.fake_quantize_per_tensor_affine(patches[:, start : start + width], scale, 0, INT8_LOW, INT8_HIGH)
             )
-            pairs.append((query, bank[:, start : start + width]))
             start += width
-        return pairs
+        return queries
 
-    def _nearest_squared(self, patches: torch.Tensor, bank: torch.Tensor, hide: torch.Tensor | None) -> torch.Tensor:
-        """Squared L2 from each patch to its nearest bank entry. The arg-min only needs |b|^2 - 2ab, which the
-        runtime computes as the matmul's own output stage; |a|^2 is added once per patch after the min."""
-        pairs = self._blocks(patches, bank)
+    def _nearest_in_full(
+        self, queries: list[torch.Tensor], bank: torch.Tensor, hide: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Squared L2 from each patch to its nearest bank entry, over the whole bank. The arg-min only needs
+        |b|^2 - 2ab, which the runtime computes as the matmul's own output stage; |a|^2 is added once per patch
+        after the min. With the int8 bank there is one matmul per tap, int8 x int8 with exact integer sums."""
         partial = torch.zeros(())
         own = torch.zeros(())
-        for q, b in pairs:
+        start = 0
+        for q in queries:
+            b = bank[:, start : start + q.shape[1]]
             partial = partial + ((b * b).sum(-1) - 2 * (q @ b.transpose(0, 1)))
             own = own + (q * q).sum(-1)
+            start += q.shape[1]
         if hide is not None:
             partial = partial + hide
         return (partial.min(dim=1).values + own).clamp_min(0)
+
+    def _nearest_shortlisted(
+        self, queries: torch.Tensor, bank: torch.Tensor, hide: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Squared L2 from each patch to the nearest of the entries closest to it on the bank's principal axes."""
+        projected = queries @ self.shortlist_basis
+        ranked = self.shortlist_norms - 2 * projected @ self.shortlist_bank.T
+        if hide is not None:
+            ranked = ranked + F.pad(hide, (0, len(self.shortlist_bank) - len(bank)))
+        shortlist = smallest(ranked, min(self.recipe.shortlist_size, len(bank)), SHORTLIST_GROUP)
+        if self.recipe.bank_quantization == "int8":
+            # Gathering the codes and scaling after: OpenVINO mis-gathers rows of a per-column-scaled int8 constant.
+            entries = self.bank_codes[shortlist].float() * self.bank_scale
+        else:
+            entries = bank[shortlist]
+        exact = ((queries.unsqueeze(1) - entries) ** 2).sum(-1)
+        if hide is not None:
+            exact = exact + hide.gather(1, shortlist)
+        return exact.min(dim=1).values
+
+    def _nearest_squared(self, patches: torch.Tensor, bank: torch.Tensor, hide: torch.Tensor | None) -> torch.Tensor:
+        queries = self._quantized_queries(patches)
+        if self.recipe.shortlist_dim == 0:
+            return self._nearest_in_full(queries, bank, hide)
+        return self._nearest_shortlisted(torch.cat(queries, dim=1), bank, hide)
 
     def forward(self, image: torch.Tensor) -> Prediction:
         return self._predict(self.embed(image), (image.shape[1], image.shape[2]))
@@ -251,6 +336,7 @@ class PatchCore(nn.Module):
             "candidates": len(rows),
             "memory_bank": len(bank),
             "bank_bytes": self.bank_bytes(),
+            "shortlist_bytes": self.shortlist_bytes(),
             "bank_float_bytes": bank.size * FLOAT_BYTES,
             "features_s": round(extracted - started, 2),
             "coreset_s": round(selected - extracted, 2),
@@ -285,6 +371,7 @@ class PatchCore(nn.Module):
             self.bank_codebooks, self.bank_codes = torch.from_numpy(codebooks), torch.from_numpy(codes)
         b = self.recipe.reweight_neighbours
         decoded = self.memory_bank()
+        self.index_bank()
         # Each entry's b nearest entries (itself first), measured on the bank as scoring will see it.
         order = squared_distances(decoded, decoded).topk(min(b, len(decoded)), largest=False).indices
         self.bank_neighbours = order
