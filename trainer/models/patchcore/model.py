@@ -9,7 +9,8 @@ feeds camera pixels straight in.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,14 +98,16 @@ def smallest(values: torch.Tensor, k: int, group: int) -> torch.Tensor:
     minima = values.reshape(rows, group, stride).min(dim=1).values
     groups = minima.topk(min(k, stride), dim=1, largest=False).indices
     members = (groups.unsqueeze(-1) + stride * torch.arange(group)).reshape(rows, -1)
-    return members.gather(1, values.gather(1, members).topk(k, dim=1, largest=False).indices)
+    best: torch.Tensor = values.gather(1, members).topk(k, dim=1, largest=False).indices
+    return members.gather(1, best)
 
 
 def principal_axes(points: torch.Tensor, count: int) -> torch.Tensor:
     """D x count: the directions of the points' largest variance, largest first."""
     centred = (points - points.mean(0)).double()
     _, vectors = torch.linalg.eigh(centred.T @ centred)  # eigenvalues ascending
-    return vectors[:, -count:].flip(1).float().contiguous()
+    axes: torch.Tensor = vectors[:, -count:].flip(1).float().contiguous()
+    return axes
 
 
 class PatchCore(nn.Module):
@@ -145,7 +148,6 @@ class PatchCore(nn.Module):
             self.register_buffer("shortlist_basis", torch.zeros(self.feature_dim, rank), persistent=False)
             self.register_buffer("shortlist_bank", torch.zeros(0, rank), persistent=False)
             self.register_buffer("shortlist_norms", torch.zeros(0), persistent=False)
-            self.register_load_state_dict_post_hook(lambda module, _keys: module.index_bank())
         self.register_buffer("blur_kernel", gaussian_kernel(recipe.blur_sigma))
         # Without weights there is no multiply at all, so the default baked graph has no extra op per frame.
         weight = None
@@ -170,6 +172,11 @@ class PatchCore(nn.Module):
         return sum(
             getattr(self, n).numel() * getattr(self, n).element_size() for n in names[self.recipe.bank_quantization]
         )
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        keys = super().load_state_dict(state_dict, strict, assign)
+        self.index_bank()
+        return keys
 
     def index_bank(self) -> None:
         """Builds the shortlist index of the current bank."""
