@@ -12,8 +12,9 @@ Each data set goes through the public API the way `trainer fit` and `trainer eva
 bundle back from disk, score the test images, AUROC. ELPV is `--data elpv:<type>:<seed>`: a seeded 80/20 of
 the probability-0 cells, tested as held-out probability-0 cells against the probability-1 cells, as the
 reference measurement was. Fit wall seconds are the whole `fit()` call: reading, fitting, and its own scoring.
-Each model gets its own table, in the order `--models` names them, each with its default recipe unless
-`--recipe` names one (then only one model).
+One row per model and data set, each model with its default recipe unless `--recipe` names one (then only
+one model); with several models, a side-by-side table follows: AUROC (fit seconds) and the difference from the
+first model named.
 """
 
 from __future__ import annotations
@@ -110,20 +111,35 @@ def main() -> None:
     args = parser.parse_args()
     if args.recipe is not None and len(args.models) > 1:
         parser.error("--recipe holds one model's keys; name that one model with --models")
+    print(f"recipe {args.recipe or 'default'}, seed {args.seed}\n")
+    print(
+        "| model | data set | train | fitted on | test good | test defect | image AUROC % | bar % | vs bar (points) "
+        "| fit wall s |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    results: dict[tuple[str, str], Result] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for number, model in enumerate(args.models):
-            if number:
-                print()
-            print(f"{model}, recipe {args.recipe or 'default'}, seed {args.seed}\n")
-            print(
-                "| data set | train | fitted on | test good | test defect | image AUROC % | bar % | vs bar (points) "
-                "| fit wall s |"
-            )
-            print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for model in args.models:
             for name in args.datasets:
                 data = data_for(name, Path(tmp), args.seed)
                 out = Path(tmp) / "models" / model / name
-                print(row(measure(model, name, data, out, args.recipe, args.seed)), flush=True)
+                results[model, name] = measure(model, name, data, out, args.recipe, args.seed)
+                print(f"| {model} {row(results[model, name])}", flush=True)
+    if len(args.models) > 1:
+        print(side_by_side(results, args.models, args.datasets))
+
+
+def side_by_side(results: dict[tuple[str, str], Result], models: list[str], datasets: list[str]) -> str:
+    """Image AUROC % (fit wall s) of every model per data set, and each one's difference from the first model."""
+    first = models[0]
+    head = " | ".join(models) + " | " + " | ".join(f"{m} vs {first}" for m in models[1:])
+    lines = ["", f"| data set | {head} |", "|---|" + "---:|" * (2 * len(models) - 1)]
+    for name in datasets:
+        cells = [f"{results[m, name].auroc_percent:.1f} ({results[m, name].fit_s:.0f} s)" for m in models]
+        base = round(results[first, name].auroc_percent, 1)
+        cells += [f"{round(results[m, name].auroc_percent, 1) - base:+.1f}" for m in models[1:]]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

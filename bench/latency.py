@@ -5,8 +5,11 @@ CPU runtime and precision the converter bakes.
 
 Fits each registry model on synthetic parts, bakes it for OpenVINO fp32, fp16 and int8 and for ONNX Runtime
 fp32, then times torch eager and the agent's runtime classes on the same frames, taking turns in blocks of 10
-frames so machine noise hits every runtime alike. Ratios are against torch eager and against OpenVINO fp32, medians from
-this one run.
+frames so machine noise hits every runtime alike. Ratios are against torch eager and against OpenVINO fp32 (of
+the default recipe), medians from this one run. `--variant LABEL=RECIPE.yaml` also times the model fitted with
+that recipe, in the same turns:
+
+    .venv/bin/python bench/latency.py --models patchcore --variant exact=exact.yaml --train-images 700
 """
 
 from __future__ import annotations
@@ -43,35 +46,50 @@ OV_FP32 = "OpenVINO fp32"
 
 @dataclass(frozen=True)
 class Timed:
-    name: str
+    model: str  # the model and its recipe variant
+    runtime: str
     run: Callable[[np.ndarray], object]
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    recipe: Path | None  # None: the model's default recipe
 
 
 def percentiles(ms: list[float]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
-def contenders(model_name: str, data: Path, root: Path) -> tuple[list[Timed], str]:
-    bundle = root / model_name
-    recipe = None
-    if "epochs" in REGISTRY[model_name].recipe.model_fields:
+def contenders(model_name: str, data: Path, root: Path, variant: Variant) -> list[Timed]:
+    bundle = root / model_name / variant.label
+    recipe = variant.recipe
+    if recipe is None and "epochs" in REGISTRY[model_name].recipe.model_fields:
         # Time per frame does not depend on how well a model trained: a short fit gives the same graph.
         recipe = root / f"{model_name}.yaml"
         recipe.write_text(f"epochs: {LATENCY_EPOCHS}\n")
     fit(FitOptions(data=data, model=model_name, out=bundle, recipe=recipe))
     model, manifest = load_bundle(bundle)
-    timed = [Timed(TORCH, lambda frame: model(torch.from_numpy(frame[None])))]
+    detail = ", ".join(f"{k} {v}" for k, v in manifest.fit_summary.items() if k in ("memory_bank",))
+    label = f"{model_name} ({variant.label}, {detail or f'{LATENCY_EPOCHS} training epochs'})"
+    timed = [Timed(label, TORCH, lambda frame: model(torch.from_numpy(frame[None])))]
     for target, precision in BAKES:
-        edge = root / f"{model_name}-{target}-{precision}"
+        edge = bundle.with_name(f"{variant.label}-{target}-{precision}")
         try:
             bake(BakeOptions(bundle=bundle, out=edge, target=target, precision=precision))
         except BakeError as exc:  # the accuracy guard refused this precision: say so, time the others
-            print(f"{model_name} {target} {precision}: not timed, {exc}", flush=True)
+            print(f"{label} {target} {precision}: not timed, {exc}", flush=True)
             continue
         runtime = make_runtime(load_edge_bundle(edge), ModelConfig(path=edge, cache_dir=root / "cache"))
-        timed.append(Timed(f"{RUNTIME_NAMES[target]} {precision}", runtime.infer))
-    detail = ", ".join(f"{k} {v}" for k, v in manifest.fit_summary.items() if k in ("memory_bank",))
-    return timed, detail or f"{LATENCY_EPOCHS} training epochs"
+        timed.append(Timed(label, f"{RUNTIME_NAMES[target]} {precision}", runtime.infer))
+    return timed
+
+
+def parse_variant(text: str) -> Variant:
+    label, _, path = text.partition("=")
+    if not label or not path or not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"--variant {text}: expected LABEL=RECIPE.yaml, with an existing file")
+    return Variant(label, Path(path))
 
 
 def main() -> None:
@@ -79,17 +97,29 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--train-images", type=int, default=200)
     parser.add_argument("--models", default=",".join(sorted(REGISTRY)))
+    parser.add_argument(
+        "--variant",
+        type=parse_variant,
+        action="append",
+        default=[],
+        help="LABEL=RECIPE.yaml: also time the model fitted with this recipe, in the same turns (one model only)",
+    )
     args = parser.parse_args()
+    models = args.models.split(",")
+    if args.variant and len(models) > 1:
+        parser.error("--variant holds one model's recipe keys; name that one model with --models")
+    variants = [Variant("default", None), *args.variant]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = generate(root / "data", SyntheticSpec(train_good=args.train_images, test_defects_per_type=5))
         paths = sorted(p for kind in (data / "test").iterdir() for p in list_images(kind))
         rows = []
-        for name in args.models.split(","):
-            timed, detail = contenders(name, data, root)
+        for name in models:
+            timed = [t for v in variants for t in contenders(name, data, root, v)]
             # Squash geometry at the model's size: one graph run per frame.
-            frames = [prepare(read_image(p), load_bundle(root / name)[1].geometry).inputs[0] for p in paths]
-            ms: dict[str, list[float]] = {t.name: [] for t in timed}
+            geometry = load_bundle(root / name / "default")[1].geometry
+            frames = [prepare(read_image(p), geometry).inputs[0] for p in paths]
+            ms: dict[Timed, list[float]] = {t: [] for t in timed}
             with torch.no_grad():
                 for t in timed:
                     for i in range(WARMUP):
@@ -102,12 +132,14 @@ def main() -> None:
                             start = time.perf_counter()
                             t.run(frames[max(i, 0) % len(frames)])
                             if i >= block:
-                                ms[t.name].append((time.perf_counter() - start) * 1000)
-            base, ov_fp32 = percentiles(ms[TORCH])[0], percentiles(ms[OV_FP32])[0]
-            for runtime, values in ms.items():
+                                ms[t].append((time.perf_counter() - start) * 1000)
+            # Ratios are against the default recipe's torch eager and OpenVINO fp32, from these same turns.
+            base = percentiles(ms[timed[0]])[0]
+            ov_fp32 = next(percentiles(v)[0] for t, v in ms.items() if t.runtime == OV_FP32)
+            for t, values in ms.items():
                 p50, p99 = percentiles(values)
                 rows.append(
-                    f"| {name} ({detail}) | {runtime} | {p50:.2f} | {p99:.2f} | {1000 / p50:.0f} | "
+                    f"| {t.model} | {t.runtime} | {p50:.2f} | {p99:.2f} | {1000 / p50:.0f} | "
                     f"{base / p50:.2f}x | {ov_fp32 / p50:.2f}x |"
                 )
     print(f"256x256, batch 1, {torch.get_num_threads()} threads, {args.frames} frames after {WARMUP} warm-up\n")

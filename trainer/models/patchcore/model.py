@@ -257,8 +257,8 @@ class PatchCore(nn.Module):
         """Squared L2 from each patch to the nearest of the entries closest to it on the bank's principal axes."""
         projected = queries @ self.shortlist_basis
         ranked = self.shortlist_norms - 2 * projected @ self.shortlist_bank.T
-        if hide is not None:
-            ranked = ranked + F.pad(hide, (0, len(self.shortlist_bank) - len(bank)))
+        if hide is not None:  # fit's validation only, where this matrix is the largest: added in place
+            ranked[:, : len(bank)] += hide
         shortlist = smallest(ranked, min(self.recipe.shortlist_size, len(bank)), SHORTLIST_GROUP)
         if self.recipe.bank_quantization == "int8":
             # Gathering the codes and scaling after: OpenVINO mis-gathers rows of a per-column-scaled int8 constant.
