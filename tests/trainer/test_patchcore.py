@@ -16,17 +16,22 @@ def _parts(count: int, seed: int) -> np.ndarray:
     return rng.integers(0, 255, (count, SIZE, SIZE, 3)).astype(np.uint8)
 
 
-def _model() -> PatchCore:
+def _model(shortlist_dim: int = 32) -> PatchCore:
     # No reweighting: hiding bank entries can then only raise a score, which is what these tests check.
     recipe = PatchCoreRecipe(
-        input_size=(SIZE, SIZE), min_memory_bank=100_000, reweight_neighbours=0, bank_quantization="none"
+        input_size=(SIZE, SIZE),
+        min_memory_bank=100_000,
+        reweight_neighbours=0,
+        bank_quantization="none",
+        shortlist_dim=shortlist_dim,
     )
     return PatchCore(recipe)
 
 
-def test_validation_images_are_scored_without_their_own_bank_entries() -> None:
+@pytest.mark.parametrize("shortlist_dim", [0, 32])
+def test_validation_images_are_scored_without_their_own_bank_entries(shortlist_dim: int) -> None:
     train, val = _parts(4, 0), _parts(3, 1)
-    model = _model()
+    model = _model(shortlist_dim)
     result = model.fit(train, val)
     assert result.learned_from_validation
     with torch.no_grad():
@@ -38,11 +43,12 @@ def test_validation_images_are_scored_without_their_own_bank_entries() -> None:
     assert result.validation.anomaly_map.shape == (3, 1, SIZE, SIZE)
 
 
-def test_validation_hides_a_whole_group_of_inputs() -> None:
+@pytest.mark.parametrize("shortlist_dim", [0, 32])
+def test_validation_hides_a_whole_group_of_inputs(shortlist_dim: int) -> None:
     train, noise = _parts(4, 0), _parts(1, 2)
     twins = np.concatenate([noise, noise])  # two overlapping tiles of one frame, at the extreme
-    apart = _model().fit(train, twins, val_groups=np.array([0, 1])).validation.score.numpy()
-    together = _model().fit(train, twins, val_groups=np.array([0, 0])).validation.score.numpy()
+    apart = _model(shortlist_dim).fit(train, twins, val_groups=np.array([0, 1])).validation.score.numpy()
+    together = _model(shortlist_dim).fit(train, twins, val_groups=np.array([0, 0])).validation.score.numpy()
     # The coreset keeps one copy of identical patches, so apart, one twin finds them under the other's name.
     assert apart.min() * 10 < together.min()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -108,6 +109,15 @@ def principal_axes(points: torch.Tensor, count: int) -> torch.Tensor:
     _, vectors = torch.linalg.eigh(centred.T @ centred)  # eigenvalues ascending
     axes: torch.Tensor = vectors[:, -count:].flip(1).float().contiguous()
     return axes
+
+
+@dataclass(frozen=True)
+class Hidden:
+    """Bank entries hidden from each image's patches: `distance` (images x N) is added to the squared distances
+    of every one of an image's `per_image` patches, without a copy per patch."""
+
+    distance: torch.Tensor
+    per_image: int
 
 
 class PatchCore(nn.Module):
@@ -233,9 +243,7 @@ class PatchCore(nn.Module):
             start += width
         return queries
 
-    def _nearest_in_full(
-        self, queries: list[torch.Tensor], bank: torch.Tensor, hide: torch.Tensor | None
-    ) -> torch.Tensor:
+    def _nearest_in_full(self, queries: list[torch.Tensor], bank: torch.Tensor, hide: Hidden | None) -> torch.Tensor:
         """Squared L2 from each patch to its nearest bank entry, over the whole bank. The arg-min only needs
         |b|^2 - 2ab, which the runtime computes as the matmul's own output stage; |a|^2 is added once per patch
         after the min. With the int8 bank there is one matmul per tap, int8 x int8 with exact integer sums."""
@@ -248,17 +256,15 @@ class PatchCore(nn.Module):
             own = own + (q * q).sum(-1)
             start += q.shape[1]
         if hide is not None:
-            partial = partial + hide
+            partial = (partial.view(len(hide.distance), hide.per_image, -1) + hide.distance.unsqueeze(1)).flatten(0, 1)
         return (partial.min(dim=1).values + own).clamp_min(0)
 
-    def _nearest_shortlisted(
-        self, queries: torch.Tensor, bank: torch.Tensor, hide: torch.Tensor | None
-    ) -> torch.Tensor:
+    def _nearest_shortlisted(self, queries: torch.Tensor, bank: torch.Tensor, hide: Hidden | None) -> torch.Tensor:
         """Squared L2 from each patch to the nearest of the entries closest to it on the bank's principal axes."""
         projected = queries @ self.shortlist_basis
         ranked = self.shortlist_norms - 2 * projected @ self.shortlist_bank.T
         if hide is not None:  # fit's validation only, where this matrix is the largest: added in place
-            ranked[:, : len(bank)] += hide
+            ranked.view(len(hide.distance), hide.per_image, -1)[:, :, : len(bank)] += hide.distance.unsqueeze(1)
         shortlist = smallest(ranked, min(self.recipe.shortlist_size, len(bank)), SHORTLIST_GROUP)
         if self.recipe.bank_quantization == "int8":
             # Gathering the codes and scaling after: OpenVINO mis-gathers rows of a per-column-scaled int8 constant.
@@ -267,10 +273,11 @@ class PatchCore(nn.Module):
             entries = bank[shortlist]
         exact = ((queries.unsqueeze(1) - entries) ** 2).sum(-1)
         if hide is not None:
-            exact = exact + hide.gather(1, shortlist)
+            image = (torch.arange(len(shortlist)) // hide.per_image).unsqueeze(1)
+            exact = exact + hide.distance[image, shortlist]
         return exact.min(dim=1).values
 
-    def _nearest_squared(self, patches: torch.Tensor, bank: torch.Tensor, hide: torch.Tensor | None) -> torch.Tensor:
+    def _nearest_squared(self, patches: torch.Tensor, bank: torch.Tensor, hide: Hidden | None) -> torch.Tensor:
         queries = self._quantized_queries(patches)
         if self.recipe.shortlist_dim == 0:
             return self._nearest_in_full(queries, bank, hide)
@@ -286,8 +293,7 @@ class PatchCore(nn.Module):
         patches = feats.permute(0, 2, 3, 1).reshape(-1, d)
         bank = self.memory_bank()
         hide = None if hidden is None else hidden.float() * HIDDEN_DISTANCE
-        per_patch_hide = None if hide is None else hide.repeat_interleave(h * w, dim=0)
-        nearest_sq = self._nearest_squared(patches, bank, per_patch_hide)
+        nearest_sq = self._nearest_squared(patches, bank, None if hide is None else Hidden(hide, h * w))
         amap = nearest_sq.sqrt().reshape(n, 1, h, w)
         amap = F.interpolate(amap, size=size, mode="bilinear", align_corners=False)
         amap = blur(amap, self.blur_kernel)
