@@ -185,12 +185,11 @@ class PatchCore(nn.Module):
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         keys = super().load_state_dict(state_dict, strict, assign)
-        self.index_bank()
+        self.index_bank(self.memory_bank())
         return keys
 
-    def index_bank(self) -> None:
-        """Builds the shortlist index of the current bank."""
-        decoded = self.memory_bank()
+    def index_bank(self, decoded: torch.Tensor) -> None:
+        """Builds the shortlist index of the current bank, given decoded (float N x D)."""
         if self.recipe.shortlist_dim == 0 or len(decoded) == 0:
             return
         self.shortlist_basis = principal_axes(decoded, self.shortlist_basis.shape[1])
@@ -384,7 +383,7 @@ class PatchCore(nn.Module):
             self.bank_codebooks, self.bank_codes = torch.from_numpy(codebooks), torch.from_numpy(codes)
         b = self.recipe.reweight_neighbours
         decoded = self.memory_bank()
-        self.index_bank()
+        self.index_bank(decoded)
         # Each entry's b nearest entries (itself first), measured on the bank as scoring will see it.
         order = squared_distances(decoded, decoded).topk(min(b, len(decoded)), largest=False).indices
         self.bank_neighbours = order
