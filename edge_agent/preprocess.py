@@ -19,5 +19,5 @@ def to_uint8_rgb(image: np.ndarray) -> np.ndarray:
     if image.shape[2] == 1:
         return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2RGB)
     if image.shape[2] == 4:
-        return np.ascontiguousarray(image[:, :, :3])
+        return np.asarray(cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGBA2RGB), dtype=np.uint8)
     return image

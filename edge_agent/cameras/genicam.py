@@ -27,7 +27,12 @@ from edge_agent.frames import Frame
 logger = logging.getLogger(__name__)
 
 VIKY = "viky"
-_MIN_TIMEOUT_S = 0.001  # harvesters treats a timeout of 0 as "wait for ever"
+# harvesters waits for a buffer in back-to-back GenTL calls of 1 ms that hold the GIL, so the inference thread
+# waited up to Python's 5 ms switch interval each time it needed the GIL (measured beside a 30 fps viky camera:
+# OpenVINO's 10 ms graph took 26 ms). So ask GenTL without waiting, and wait in time.sleep, which frees the GIL.
+GENTL_WAIT_MS = 0
+POLL_INTERVAL_S = 0.001
+NO_WAIT_S = 1e-6  # harvesters' try_fetch treats 0 as "wait for ever"
 
 
 def resolve_cti(cti: str) -> Path:
@@ -44,6 +49,16 @@ def resolve_cti(cti: str) -> Path:
     if not path.is_file():
         raise CameraError(f"GenTL producer (.cti) not found: {path}")
     return path
+
+
+def _poll(acquirer: Any, timeout_s: float) -> Any:
+    """The next complete buffer, or None after `timeout_s` (or for a buffer without usable information)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        buffer = acquirer.try_fetch(timeout=NO_WAIT_S)
+        if buffer is not None or time.monotonic() >= deadline:
+            return buffer
+        time.sleep(POLL_INTERVAL_S)
 
 
 def _info_value(info: Any, key: str) -> str | None:
@@ -132,6 +147,7 @@ class GenicamCamera:
             raise CameraUnavailable(
                 f"camera {self.name}: could not open device {self.source} (in use by another program?): {e}"
             ) from e
+        self._acquirer.timeout_period_on_update_event_data_call = GENTL_WAIT_MS
         self._configure(self._acquirer.remote_device.node_map)
         if self.config.buffer_count is not None:
             self._acquirer.num_buffers = self.config.buffer_count
@@ -242,8 +258,8 @@ class GenicamCamera:
                 if not self._trigger_pacer.wait(timeout_s):
                     return None
                 acquirer.remote_device.node_map.get_node("TriggerSoftware").execute()
-            buffer = acquirer.fetch(timeout=max(timeout_s, _MIN_TIMEOUT_S))
-            if buffer is None:  # the producer handed over a buffer without usable information
+            buffer = _poll(acquirer, timeout_s)
+            if buffer is None:
                 return None
             captured_at = time.time()
             captured_mono = time.monotonic()

@@ -20,7 +20,14 @@ _MONO_DEEP_BITS: dict[str, int] = {"Mono10": 10, "Mono12": 12, "Mono16": 16}
 # Packed mono: PFNC's `p` formats are one little-endian bit stream over the whole image; GigE Vision's older
 # `Packed` formats put two pixels in three bytes, the high bits of each in bytes 0 and 2, the low ones in byte 1.
 _MONO_PACKED_BITS: dict[str, int] = {"Mono10p": 10, "Mono12p": 12, "Mono10Packed": 10, "Mono12Packed": 12}
-_CHANNELS: dict[str, int] = {"RGB8": 3, "BGR8": 3, "RGBa8": 4, "BGRa8": 4}
+# Channels per pixel, and the OpenCV conversion to RGB (None: already RGB). OpenCV, not a numpy channel slice:
+# the slice's strided copy took 0.9 ms of a 400 x 400 RGBa8 frame, cvtColor 0.02 ms.
+_CHANNELS: dict[str, tuple[int, int | None]] = {
+    "RGB8": (3, None),
+    "BGR8": (3, cv2.COLOR_BGR2RGB),
+    "RGBa8": (4, cv2.COLOR_RGBA2RGB),
+    "BGRa8": (4, cv2.COLOR_BGRA2RGB),
+}
 BITS_PER_BYTE = 8
 
 SUPPORTED_PIXEL_FORMATS: tuple[str, ...] = (
@@ -51,12 +58,11 @@ def to_rgb_or_mono(data: np.ndarray, width: int, height: int, pixel_format: str)
         packed = _as_dtype(data, np.uint8, pixel_format).reshape(-1)
         return _top_8_bits(_unpack(packed, width, height, bits, pixel_format), bits)
     if pixel_format in _CHANNELS:
-        channels = _CHANNELS[pixel_format]
-        pixels = _rows(_as_dtype(data, np.uint8, pixel_format), width, height, channels, pixel_format)
-        rgb = pixels[:, :, :3]
-        if pixel_format.startswith("BGR"):
-            rgb = rgb[:, :, ::-1]
-        return np.ascontiguousarray(rgb)
+        channels, conversion = _CHANNELS[pixel_format]
+        pixels = np.ascontiguousarray(
+            _rows(_as_dtype(data, np.uint8, pixel_format), width, height, channels, pixel_format)
+        )
+        return pixels if conversion is None else np.asarray(cv2.cvtColor(pixels, conversion), dtype=np.uint8)
     if pixel_format in _BAYER_TO_RGB:
         mosaic = np.ascontiguousarray(_rows(_as_dtype(data, np.uint8, pixel_format), width, height, 1, pixel_format))
         return np.asarray(cv2.cvtColor(mosaic, _BAYER_TO_RGB[pixel_format]), dtype=np.uint8)
