@@ -172,7 +172,7 @@ def main() -> None:
     if summary is None or agent.returncode != 0:
         raise SystemExit(f"agent exited {agent.returncode}:\n{out}\n{''.join(log[-20:])}")
     frames, ok, rejects, errors, dropped, late = map(int, summary.groups())
-    stages = re.search(r"median latency from capture [\d.]+ ms \((.*)\)", out)
+    stages = {q: re.search(rf"{q} latency from capture [\d.]+ ms \((.*)\)", out) for q in ("median", "p99")}
     with received.lock:
         payloads, arrived = list(received.payloads), np.array(received.arrived)
     decision = np.array([float(p["latency_ms"]) for p in payloads])  # type: ignore[arg-type]
@@ -185,7 +185,7 @@ def main() -> None:
         ("dropped (queue full)", f"{dropped}   goal {GOALS['drops']}"),
         ("late (> 100 ms)", f"{late}"),
         ("capture -> decision ms", spread(decision)),
-        ("agent's median stage ms", stages.group(1) if stages else "n/a"),
+        *((f"agent's {q} stage ms", found.group(1) if found else "n/a") for q, found in stages.items()),
         ("capture -> subscriber ms", f"{spread(delivery)}   goal p99 <= {GOALS['p99_ms']:g}"),
         (
             "RSS MB (after warm-up, end, peak)",

@@ -6,11 +6,12 @@ Built from injected parts (camera, runtime, publisher, archive), so tests can sw
 from __future__ import annotations
 
 import logging
-import statistics
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from edge_agent.archive import Archive, ArchiveItem
 from edge_agent.cameras.base import Camera
@@ -73,9 +74,10 @@ class RunSummary:
             "paused": self.paused,
         }
 
-    def median_ms(self, stage: str) -> float:
+    def percentile_ms(self, stage: str, percent: float) -> float:
+        """Over the most recent frames, for one stage or `total` (capture to decision)."""
         values = self.latency_ms if stage == "total" else self.stage_ms[stage]
-        return statistics.median(values) if values else 0.0
+        return float(np.percentile(values, percent)) if values else 0.0
 
 
 class InspectionLoop:
