@@ -53,17 +53,21 @@ class Received:
 
     payloads: list[dict[str, object]] = field(default_factory=list)
     arrived: list[float] = field(default_factory=list)
+    rejects: int = 0  # messages on the reject topic, which the PLC listens to
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on_message(self, client: Client, userdata: object, message: MQTTMessage) -> None:
         now = time.time()
         with self.lock:
+            if message.topic.endswith("/reject"):
+                self.rejects += 1
+                return
             self.payloads.append(json.loads(message.payload))
             self.arrived.append(now)
 
 
-def training_frames(folder: Path, count: int) -> Path:
-    """The simulator's own frames, every TRAIN_STRIDE-th, saved as the good images of a folder layout."""
+def training_frames(folder: Path, count: int, stride: int) -> Path:
+    """The simulator's own frames, every `stride`-th, saved as the good images of a folder layout."""
     good = folder / "good"
     good.mkdir(parents=True)
     camera = GenicamCamera(CAMERA, GenicamCameraConfig(source="genicam", frame_rate=30.0))
@@ -76,7 +80,7 @@ def training_frames(folder: Path, count: int) -> Path:
             if frame is None:
                 continue
             grabbed += 1
-            if grabbed % TRAIN_STRIDE == 0:
+            if grabbed % stride == 0:
                 cv2.imwrite(str(good / f"{saved:04d}.png"), cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
                 saved += 1
     finally:
@@ -131,12 +135,18 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--precision", default="int8", choices=["fp32", "fp16", "int8"])
+    parser.add_argument(
+        "--train-stride",
+        type=int,
+        default=TRAIN_STRIDE,
+        help="train on every N-th frame; 1 covers only a few seconds of the motion, so later frames include rejects",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         root = Path(tmp)
-        print(f"grabbing {TRAIN_FRAMES} training frames from the simulator, 1 in {TRAIN_STRIDE}", flush=True)
-        data = training_frames(root / "data", TRAIN_FRAMES)
+        print(f"grabbing {TRAIN_FRAMES} training frames from the simulator, 1 in {args.train_stride}", flush=True)
+        data = training_frames(root / "data", TRAIN_FRAMES, args.train_stride)
         fit(FitOptions(data=data, model="patchcore", out=root / "model"))
         bake(BakeOptions(bundle=root / "model", out=root / "edge", precision=args.precision))
         with start_mosquitto() as broker:
@@ -144,7 +154,7 @@ def main() -> None:
             subscriber = Client(CallbackAPIVersion.VERSION2, client_id="soak-subscriber")
             subscriber.on_message = received.on_message
             subscriber.connect(broker.host, broker.port)
-            subscriber.subscribe(f"inspect/{STATION}/{CAMERA}/verdict", qos=1)
+            subscriber.subscribe([(f"inspect/{STATION}/{CAMERA}/{topic}", 1) for topic in ("verdict", "reject")])
             subscriber.loop_start()
             config = agent_config(root, broker, root / "edge", args.fps)
             command = [sys.executable, "-m", "edge_agent.cli", "run", "--camera", CAMERA, "--config", str(config)]
@@ -174,7 +184,8 @@ def main() -> None:
     frames, ok, rejects, errors, dropped, late = map(int, summary.groups())
     stages = {q: re.search(rf"{q} latency from capture [\d.]+ ms \((.*)\)", out) for q in ("median", "p99")}
     with received.lock:
-        payloads, arrived = list(received.payloads), np.array(received.arrived)
+        payloads, arrived, reject_messages = list(received.payloads), np.array(received.arrived), received.rejects
+    archived = re.search(r"(\d+) reject image\(s\) and heatmaps archived", out)
     decision = np.array([float(p["latency_ms"]) for p in payloads])  # type: ignore[arg-type]
     delivery = (arrived - np.array([float(p["captured_at"]) for p in payloads])) * 1000  # type: ignore[arg-type]
     ids = [int(p["frame_id"]) for p in payloads]  # type: ignore[call-overload]
@@ -182,6 +193,7 @@ def main() -> None:
         ("run", f"{elapsed / 60:.1f} min at {args.fps:g} fps target, PatchCore {args.precision} 256x256"),
         ("frames judged", f"{frames} ({frames / elapsed:.1f}/s): {ok} ok, {rejects} reject, {errors} error"),
         ("verdicts received", f"{len(payloads)}, frame ids in order: {ids == sorted(ids)}"),
+        ("rejects on the reject topic, archived", f"{reject_messages}, {archived.group(1) if archived else 0}"),
         ("dropped (queue full)", f"{dropped}   goal {GOALS['drops']}"),
         ("late (> 100 ms)", f"{late}"),
         ("capture -> decision ms", spread(decision)),
