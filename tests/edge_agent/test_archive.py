@@ -4,7 +4,9 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+import edge_agent.archive as archive_module
 from edge_agent.archive import Archive, ArchiveItem
 from edge_agent.verdict import OK, REJECT, Verdict, VerdictKind
 
@@ -56,3 +58,22 @@ def test_goods_are_sampled_at_the_configured_rate(tmp_path: Path) -> None:
     rejects_only = Archive(tmp_path / "none")
     assert not rejects_only.wants(item(4, OK).verdict)
     rejects_only.close()
+
+
+def test_archives_sharing_a_folder_keep_its_quota_after_a_rescan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each camera's agent indexes the files it saves; a rescan takes in the others' before deleting."""
+    root = tmp_path / "archive"
+    probe = Archive(root)
+    probe.submit(item(0, REJECT))
+    probe.close()
+    one = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    monkeypatch.setattr(archive_module, "RESCAN_S", 0.0)
+    cameras = [Archive(root, quota_mb=4.5 * one / 1_000_000) for _ in range(2)]
+    for camera, first_day in zip(cameras, (1, 5), strict=True):
+        for day in range(first_day, first_day + 4):
+            camera.submit(item(day, REJECT, day))
+        camera.close()
+    assert sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) <= 4.5 * one
+    assert list(root.rglob("00000008_reject*")), "the newest reject must survive"
