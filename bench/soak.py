@@ -45,6 +45,7 @@ WARMUP_S = 20.0  # RSS "start" is read after this: allocator pools and caches ha
 READY_TIMEOUT_S = 300.0
 GOALS = {"p99_ms": 20.0, "drops": 0, "rss_growth_mb": 5.0, "rss_mb": 400.0}
 MB = 1024 * 1024
+RSS_SAMPLE_S = 10.0
 
 
 @dataclass
@@ -165,11 +166,12 @@ def main() -> None:
             print(f"agent ready; soaking for {args.minutes:g} min at {args.fps:g} fps", flush=True)
             time.sleep(WARMUP_S)
             rss_start, fds_start = proc_sample(agent.pid)
-            rss_peak = rss_start
+            rss_samples = [rss_start]  # every RSS_SAMPLE_S: a leak keeps climbing, pools and queues level off
             end = started + args.minutes * 60
             while time.monotonic() < end:
-                time.sleep(min(10.0, max(0.0, end - time.monotonic())))
-                rss_peak = max(rss_peak, proc_sample(agent.pid)[0])
+                time.sleep(min(RSS_SAMPLE_S, max(0.0, end - time.monotonic())))
+                rss_samples.append(proc_sample(agent.pid)[0])
+            rss_peak = max(rss_samples)
             rss_end, fds_end = proc_sample(agent.pid)
             agent.send_signal(signal.SIGTERM)
             out, _ = agent.communicate(timeout=120)
@@ -203,6 +205,7 @@ def main() -> None:
             "RSS MB (after warm-up, end, peak)",
             f"{rss_start:.1f}, {rss_end:.1f}, {rss_peak:.1f}   goal <= {GOALS['rss_mb']:g}",
         ),
+        ("RSS MB every minute", ", ".join(f"{mb:.0f}" for mb in rss_samples[:: round(60 / RSS_SAMPLE_S)])),
         ("RSS growth MB", f"{rss_end - rss_start:+.1f}   goal <= {GOALS['rss_growth_mb']:g} over 10 min"),
         ("open fds (after warm-up, end)", f"{fds_start}, {fds_end}"),
     ]
