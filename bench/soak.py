@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,6 +113,14 @@ def agent_config(root: Path, broker: Broker, edge: Path, fps: float) -> Path:
     return path
 
 
+def archive_backlog(port: int) -> int:
+    """The agent's archive queue depth, from its /metrics (each item holds a frame and its map)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found = re.search(r"^edge_agent_archive_pending_items\{[^}]*\} (\d+)", text, re.MULTILINE)
+    return int(found.group(1)) if found else -1
+
+
 def wait_ready(agent: subprocess.Popen[str], log: list[str]) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     assert agent.stderr is not None
@@ -167,10 +176,13 @@ def main() -> None:
             time.sleep(WARMUP_S)
             rss_start, fds_start = proc_sample(agent.pid)
             rss_samples = [rss_start]  # every RSS_SAMPLE_S: a leak keeps climbing, pools and queues level off
+            metrics_port = int(yaml.safe_load(config.read_text())["metrics"]["port"])
+            backlog = [archive_backlog(metrics_port)]
             end = started + args.minutes * 60
             while time.monotonic() < end:
                 time.sleep(min(RSS_SAMPLE_S, max(0.0, end - time.monotonic())))
                 rss_samples.append(proc_sample(agent.pid)[0])
+                backlog.append(archive_backlog(metrics_port))
             rss_peak = max(rss_samples)
             rss_end, fds_end = proc_sample(agent.pid)
             agent.send_signal(signal.SIGTERM)
@@ -206,6 +218,7 @@ def main() -> None:
             f"{rss_start:.1f}, {rss_end:.1f}, {rss_peak:.1f}   goal <= {GOALS['rss_mb']:g}",
         ),
         ("RSS MB every minute", ", ".join(f"{mb:.0f}" for mb in rss_samples[:: round(60 / RSS_SAMPLE_S)])),
+        ("archive backlog every minute (items)", ", ".join(str(n) for n in backlog[:: round(60 / RSS_SAMPLE_S)])),
         ("RSS growth MB", f"{rss_end - rss_start:+.1f}   goal <= {GOALS['rss_growth_mb']:g} over 10 min"),
         ("open fds (after warm-up, end)", f"{fds_start}, {fds_end}"),
     ]

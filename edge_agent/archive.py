@@ -96,6 +96,10 @@ class Archive:
         self._scanned_at = 0.0
         self._thread.start()
 
+    def pending(self) -> int:
+        """Items queued for the archive thread: a backlog that stays high means the disk or CPU cannot keep up."""
+        return self._queue.qsize()
+
     def wants(self, verdict: Verdict) -> bool:
         """Rejects and errors always; goods at the configured sample rate."""
         return verdict.is_reject or (self._good_every > 0 and verdict.frame_id % self._good_every == 0)

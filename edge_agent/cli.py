@@ -25,7 +25,7 @@ from edge_agent.console import run_cli, setup_logging
 from edge_agent.control import Command, CommandError, Controller, parse_command
 from edge_agent.errors import AgentError, CameraUnavailable
 from edge_agent.loop import InspectionLoop, LoopOptions, RunSummary
-from edge_agent.metrics import MQTT_CONNECTED, OUTBOX, Metrics, MetricsServer
+from edge_agent.metrics import ARCHIVE_PENDING, MQTT_CONNECTED, OUTBOX, Metrics, MetricsServer
 from edge_agent.model import load_model
 from edge_agent.publish.mqtt import CommandHandler, MqttPublisher
 from edge_agent.publish.store import SqliteStore, store_path
@@ -148,6 +148,8 @@ def run_command(
             if cfg.metrics.enabled:
                 metrics = Metrics(version, cfg.metrics.health_timeout_s)
                 metrics.watch(OUTBOX, camera, publisher.pending)
+                if archive is not None:
+                    metrics.watch(ARCHIVE_PENDING, camera, archive.pending)
                 metrics.watch(MQTT_CONNECTED, camera, lambda: publisher.connected)
             loop = InspectionLoop(cam, model.runtime, publisher, model.info, options, archive, metrics, notifier)
             controller = Controller(

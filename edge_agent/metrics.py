@@ -32,6 +32,7 @@ LATE = "edge_agent_late_decisions_total"
 DROPPED = "edge_agent_dropped_frames_total"
 STAGE_SECONDS = "edge_agent_stage_seconds"
 OUTBOX = "edge_agent_outbox_messages"
+ARCHIVE_PENDING = "edge_agent_archive_pending_items"
 CAMERA_CONNECTED = "edge_agent_camera_connected"
 MQTT_CONNECTED = "edge_agent_mqtt_connected"
 MODEL_INFO = "edge_agent_model_info"
@@ -45,6 +46,7 @@ SERIES: dict[str, tuple[str, str]] = {
     DROPPED: ("counter", "Frames dropped because inference fell behind the camera."),
     STAGE_SECONDS: ("histogram", "Seconds per stage; acquire is from capture to the start of preprocessing."),
     OUTBOX: ("gauge", "Messages (verdicts, rejects) the broker has not acknowledged yet: the outbox backlog."),
+    ARCHIVE_PENDING: ("gauge", "Rejects and samples waiting for the archive thread to write them."),
     CAMERA_CONNECTED: ("gauge", "1 while the camera delivers, 0 after it failed and until it is back."),
     MQTT_CONNECTED: ("gauge", "1 while connected to the MQTT broker."),
     MODEL_INFO: ("gauge", "The model version in use, as a label; the value is always 1."),

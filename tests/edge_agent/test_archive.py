@@ -40,6 +40,7 @@ def test_quota_removes_the_oldest_files_first_and_keeps_the_newest(tmp_path: Pat
     for day in range(1, 8):
         archive.submit(item(day, REJECT, day))
     archive.close()
+    assert archive.pending() == 0, "close() returns once every queued item is written"
     files = [p for p in root.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) <= 4.5 * one
     assert archive.deleted > 0
