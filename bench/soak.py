@@ -97,7 +97,7 @@ def proc_sample(pid: int) -> tuple[float, int]:
     return rss_kb * 1024 / MB, len(list(Path(f"/proc/{pid}/fd").iterdir()))
 
 
-def agent_config(root: Path, broker: Broker, edge: Path, fps: float) -> Path:
+def agent_config(root: Path, broker: Broker, edge: Path, fps: float, metrics_port: int) -> Path:
     config = {
         "version": 1,
         "station": STATION,
@@ -106,7 +106,7 @@ def agent_config(root: Path, broker: Broker, edge: Path, fps: float) -> Path:
         "mqtt": {"host": broker.host, "port": broker.port, "store_dir": str(root / "outbox")},
         "reject": {"deadline_ms": 100},
         "archive": {"path": str(root / "archive"), "quota_mb": 200},
-        "metrics": {"port": free_port()},
+        "metrics": {"port": metrics_port},
     }
     path = root / "agent.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -166,7 +166,8 @@ def main() -> None:
             subscriber.connect(broker.host, broker.port)
             subscriber.subscribe([(f"inspect/{STATION}/{CAMERA}/{topic}", 1) for topic in ("verdict", "reject")])
             subscriber.loop_start()
-            config = agent_config(root, broker, root / "edge", args.fps)
+            metrics_port = free_port()
+            config = agent_config(root, broker, root / "edge", args.fps, metrics_port)
             command = [sys.executable, "-m", "edge_agent.cli", "run", "--camera", CAMERA, "--config", str(config)]
             agent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             log: list[str] = []
@@ -176,7 +177,6 @@ def main() -> None:
             time.sleep(WARMUP_S)
             rss_start, fds_start = proc_sample(agent.pid)
             rss_samples = [rss_start]  # every RSS_SAMPLE_S: a leak keeps climbing, pools and queues level off
-            metrics_port = int(yaml.safe_load(config.read_text())["metrics"]["port"])
             backlog = [archive_backlog(metrics_port)]
             end = started + args.minutes * 60
             while time.monotonic() < end:
