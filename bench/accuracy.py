@@ -5,6 +5,8 @@ DESIGN.md's bar.
 
     .venv/bin/python bench/accuracy.py --datasets elpv-mono,elpv-poly --recipe my-recipe.yaml --seed 1
 
+    .venv/bin/python bench/accuracy.py --datasets elpv-mono,elpv-poly --seed 0,1,2,3,4
+
     .venv/bin/python bench/accuracy.py --models patchcore,simplenet --datasets elpv-mono,elpv-poly
 
 Each data set goes through the public API the way `trainer fit` and `trainer eval` see it: fit (which holds out
@@ -14,7 +16,8 @@ the probability-0 cells, tested as held-out probability-0 cells against the prob
 reference measurement was. Fit wall seconds are the whole `fit()` call: reading, fitting, and its own scoring.
 One row per model and data set, each model with its default recipe unless `--recipe` names one (then only
 one model); with several models, a side-by-side table follows: AUROC (fit seconds) and the difference from the
-first model named.
+first model named. With several seeds (ELPV splits), a table of each model's mean and range over them follows.
+`bench/reference_recipe.yaml` is DESIGN.md's throwaway reference PatchCore as a recipe, for `--recipe`.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ PERCENT = 100.0
 @dataclass(frozen=True)
 class Result:
     name: str
+    seed: int
     counts: Counts
     fitted_on: int
     auroc_percent: float
@@ -72,7 +76,7 @@ def measure(model_name: str, name: str, data: Path, out: Path, recipe: Path | No
     readable = set(kept)
     is_defect = np.array([s.is_defect for s in dataset.test if s.path in readable])
     auroc = image_auroc(predict_scores(model, frames, manifest.geometry), is_defect)
-    return Result(name, summary(dataset), manifest.training_set.count, PERCENT * auroc, fit_s)
+    return Result(name, seed, summary(dataset), manifest.training_set.count, PERCENT * auroc, fit_s)
 
 
 def row(result: Result) -> str:
@@ -81,7 +85,8 @@ def row(result: Result) -> str:
     versus_bar = f"{bar:.1f} | {auroc - bar:+.1f}" if bar is not None else "- | -"
     counts = result.counts
     return (
-        f"| {result.name} | {counts.train} | {result.fitted_on} | {counts.test_good} | {counts.test_defect} | "
+        f"| {result.seed} | {result.name} | {counts.train} | {result.fitted_on} | {counts.test_good} | "
+        f"{counts.test_defect} | "
         f"{auroc:.1f} | {versus_bar} | {result.fit_s:.0f} |"
     )
 
@@ -92,6 +97,16 @@ def parse_datasets(text: str) -> list[str]:
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown data set(s) {', '.join(unknown)}; pick from {', '.join(DATASETS)}")
     return names
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds '{text}' are not comma-separated integers, like 0,1,2") from None
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"seeds '{text}' must be one or more non-negative integers")
+    return seeds
 
 
 def parse_models(text: str) -> list[str]:
@@ -107,26 +122,49 @@ def main() -> None:
     parser.add_argument("--datasets", type=parse_datasets, default=list(DATASETS), help=",".join(DATASETS))
     parser.add_argument("--models", type=parse_models, default=[MODEL], help=",".join(REGISTRY))
     parser.add_argument("--recipe", type=Path, help="training recipe YAML passed to fit (default: the model's)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the ELPV split, fit's hold-out and synthetic data")
+    parser.add_argument(
+        "--seed", type=parse_seeds, default=[0], help="seed(s) of the ELPV split, fit's hold-out and synthetic set: 0,1"
+    )
     args = parser.parse_args()
     if args.recipe is not None and len(args.models) > 1:
         parser.error("--recipe holds one model's keys; name that one model with --models")
-    print(f"recipe {args.recipe or 'default'}, seed {args.seed}\n")
+    print(f"recipe {args.recipe or 'default'}, seed(s) {','.join(map(str, args.seed))}\n")
     print(
-        "| model | data set | train | fitted on | test good | test defect | image AUROC % | bar % | vs bar (points) "
-        "| fit wall s |"
+        "| model | seed | data set | train | fitted on | test good | test defect | image AUROC % | bar % "
+        "| vs bar (points) | fit wall s |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    results: dict[tuple[str, str], Result] = {}
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    results: dict[tuple[str, str, int], Result] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for model in args.models:
-            for name in args.datasets:
-                data = data_for(name, Path(tmp), args.seed)
-                out = Path(tmp) / "models" / model / name
-                results[model, name] = measure(model, name, data, out, args.recipe, args.seed)
-                print(f"| {model} {row(results[model, name])}", flush=True)
+        for seed in args.seed:
+            for model in args.models:
+                for name in args.datasets:
+                    data = data_for(name, Path(tmp) / str(seed), seed)
+                    out = Path(tmp) / "models" / str(seed) / model / name
+                    results[model, name, seed] = measure(model, name, data, out, args.recipe, seed)
+                    print(f"| {model} {row(results[model, name, seed])}", flush=True)
     if len(args.models) > 1:
-        print(side_by_side(results, args.models, args.datasets))
+        for seed in args.seed:
+            of_seed = {(m, n): r for (m, n, s), r in results.items() if s == seed}
+            print(side_by_side(of_seed, args.models, args.datasets))
+    if len(args.seed) > 1:
+        print(over_seeds(results, args.models, args.datasets))
+
+
+def over_seeds(results: dict[tuple[str, str, int], Result], models: list[str], datasets: list[str]) -> str:
+    """Each model's mean image AUROC % over the seeds (splits), its lowest and highest, and the bar."""
+    lines = ["", "| model | data set | splits | mean AUROC % | lowest | highest | bar % | mean vs bar |"]
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    for model in models:
+        for name in datasets:
+            values = [r.auroc_percent for (m, n, _), r in results.items() if (m, n) == (model, name)]
+            mean = float(np.mean(values))
+            bar = BAR.get(name)
+            versus = f"{bar:.1f} | {round(mean, 2) - bar:+.2f}" if bar is not None else "- | -"
+            lines.append(
+                f"| {model} | {name} | {len(values)} | {mean:.2f} | {min(values):.1f} | {max(values):.1f} | {versus} |"
+            )
+    return "\n".join(lines)
 
 
 def side_by_side(results: dict[tuple[str, str], Result], models: list[str], datasets: list[str]) -> str:

@@ -186,7 +186,7 @@ def fit(options: FitOptions) -> ModelManifest:
     learned = np.sort(np.concatenate([train_idx, val_idx])) if result.learned_from_validation else train_idx
     manifest: dict[str, Any] = {
         "model": options.model,
-        "backbone": "efficientnet-lite0",
+        "backbone": recipe.model.backbone,
         "recipe": recipe.model.model_dump(mode="json"),
         "input": {"height": geometry.height, "width": geometry.width},
         "geometry": geometry.model_dump(mode="json"),

@@ -97,6 +97,18 @@ def test_baked_model_follows_torch_in_the_agent_runtime(
     np.testing.assert_allclose(baked, reference, rtol=tolerance)
 
 
+def test_lite2_patchcore_bakes_with_fp32_parity(pipeline: Pipeline, tmp_path: Path) -> None:
+    """The recipe's other backbone goes through fit and bake like the default one."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"input_size: [{TEST_SIZE}, {TEST_SIZE}]\nbackbone: efficientnet-lite2\n")
+    model = tmp_path / "model"
+    fit(FitOptions(data=pipeline.data, model="patchcore", out=model, recipe=recipe))
+    assert read_manifest(model).backbone == "efficientnet-lite2"
+    parity = bake(BakeOptions(bundle=model, out=tmp_path / "edge")).parity
+    assert parity.score_rel_diff_max <= FP32_REL_TOLERANCE
+    assert parity.spearman >= FP32_MIN_SPEARMAN
+
+
 def test_int8_guard_refuses_a_broken_quantization(
     pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -76,6 +76,15 @@ def test_tap_weights_need_one_positive_weight_per_tap() -> None:
         PatchCoreRecipe(taps=(4, 10), tap_weights=(3.0, 0.0))
 
 
+def test_taps_must_be_increasing_blocks_of_the_backbone() -> None:
+    # Lite0 has 16 blocks; Lite2 has 21, so its tap 19 exists.
+    assert PatchCoreRecipe(backbone="efficientnet-lite2", taps=(6, 19)).taps == (6, 19)
+    with pytest.raises(ValidationError, match=r"(?s)taps.*0 to 15; got \[4, 19\]"):
+        PatchCoreRecipe(taps=(4, 19))
+    with pytest.raises(ValidationError, match="increasing"):
+        PatchCoreRecipe(taps=(10, 4))
+
+
 def _fitted(**recipe: object) -> PatchCore:
     settings = {"input_size": (SIZE, SIZE), "min_memory_bank": 200, "reweight_neighbours": 0, **recipe}
     model = PatchCore(PatchCoreRecipe.model_validate(settings))

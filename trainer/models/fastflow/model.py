@@ -19,17 +19,24 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 from tqdm import tqdm
 
 from trainer.acceleration import features_on
-from trainer.backbones.efficientnet_lite import efficientnet_lite0, lite_input
+from trainer.backbones.efficientnet_lite import (
+    DEFAULT_BACKBONE,
+    BackboneName,
+    check_taps,
+    efficientnet_lite,
+    lite_input,
+    with_default_taps,
+)
 from trainer.models.fastflow.flow import Flow2d, nll_per_dimension
 from trainer.models.fit_result import FitResult
 from trainer.models.prediction import Prediction
@@ -39,6 +46,8 @@ from trainer.models.training import BestWeights, module_device
 # Offsets each tap's flow seed, so the taps' flows get different permutations and initial weights.
 TAP_SEED_STRIDE = 1000
 LOSS_DIGITS = 4
+# Default taps: the last blocks of these backbone stages (stride 16 and stride 32).
+TAP_STAGES = (4, 5)
 
 
 class FastFlowRecipe(BaseModel):
@@ -47,8 +56,10 @@ class FastFlowRecipe(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     input_size: tuple[int, int] = (256, 256)
-    # One flow per tap; the module docstring says why not PatchCore's (4, 10).
-    taps: tuple[int, ...] = Field(default=(10, 14), min_length=1)
+    backbone: BackboneName = DEFAULT_BACKBONE
+    # One flow per tap; the module docstring says why not PatchCore's (4, 10). Left out: the ends of the last
+    # stride-16 and the first stride-32 stage (Lite0: 10 and 14, Lite2: 14 and 19).
+    taps: tuple[int, ...]
     # Coupling steps per tap; the paper's 8 is sized for ResNet18 features at GPU budgets.
     flow_steps: int = Field(default=8, ge=1)
     # Subnet hidden channels per input channel of a coupling (the paper: 1.0 for small backbones).
@@ -64,6 +75,13 @@ class FastFlowRecipe(BaseModel):
     batch_size: int = Field(default=16, ge=1)
     seed: int = 0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _backbone_taps(cls, data: Any) -> Any:
+        return with_default_taps(data, TAP_STAGES)
+
+    _taps_in_backbone = field_validator("taps")(check_taps)
+
 
 class FastFlow(nn.Module):
     blur_kernel: torch.Tensor
@@ -71,7 +89,7 @@ class FastFlow(nn.Module):
     def __init__(self, recipe: FastFlowRecipe) -> None:
         super().__init__()
         self.recipe = recipe
-        self.backbone = efficientnet_lite0()
+        self.backbone = efficientnet_lite(recipe.backbone)
         self.backbone.requires_grad_(False)
         channels = [self.backbone.block_channels[t] for t in recipe.taps]
         # The flows' initial weights follow the recipe's seed alone, whatever the caller did with the global RNG.

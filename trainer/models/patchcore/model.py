@@ -1,4 +1,4 @@
-"""PatchCore (Roth et al., CVPR 2022) on EfficientNet-Lite0: locally aware patch features, a greedy coreset
+"""PatchCore (Roth et al., CVPR 2022) on EfficientNet-Lite0 (or Lite2): locally aware patch features, a greedy coreset
 memory bank (optionally quantized), nearest-neighbour patch scores with the paper's reweighting of the image
 score, and a smoothed anomaly map.
 
@@ -16,11 +16,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from torch import nn
 
 from trainer.acceleration import batched_features
-from trainer.backbones.efficientnet_lite import efficientnet_lite0, lite_input
+from trainer.backbones.efficientnet_lite import (
+    DEFAULT_BACKBONE,
+    BackboneName,
+    check_taps,
+    efficientnet_lite,
+    lite_input,
+    with_default_taps,
+)
 from trainer.models.fit_result import FitResult
 from trainer.models.patch_features import locally_aware
 from trainer.models.patchcore.bank import Quantization, block_scales, int8_encode, pq_decode, pq_encode
@@ -41,6 +48,8 @@ SHORTLIST_GROUP = 8
 PADDING_RANK = 1e3 * HIDDEN_DISTANCE
 # Validation inputs scored at once; each holds a patches x bank distance matrix, so this bounds fit's peak RSS.
 VALIDATION_BATCH = 2
+# Default taps: the last blocks of these backbone stages (stride 8 and stride 16).
+TAP_STAGES = (2, 4)
 
 
 class PatchCoreRecipe(BaseModel):
@@ -49,7 +58,11 @@ class PatchCoreRecipe(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     input_size: tuple[int, int] = (256, 256)
-    taps: tuple[int, ...] = (4, 10)
+    # Lite2 (wider and deeper) against Lite0: ELPV accuracy and latency side by side under Measured in the README.
+    backbone: BackboneName = DEFAULT_BACKBONE
+    # Backbone blocks to tap. Left out: the ends of the stride-8 and stride-16 stages (Lite0: 4 and 10, Lite2: 6
+    # and 14).
+    taps: tuple[int, ...]
     # Each tap's features are multiplied by its weight, so its share of a patch distance goes with the weight
     # squared: a heavier fine tap for thin defects on smooth surfaces. On ELPV (README) (3, 1) left mono level
     # and cost poly 2-3 points, whose fine grain is normal texture; so by default (None) the taps stay even.
@@ -71,6 +84,13 @@ class PatchCoreRecipe(BaseModel):
     blur_sigma: float = Field(default=4.0, ge=0)
     batch_size: int = Field(default=16, ge=1)
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backbone_taps(cls, data: Any) -> Any:
+        return with_default_taps(data, TAP_STAGES)
+
+    _taps_in_backbone = field_validator("taps")(check_taps)
 
     @field_validator("tap_weights")
     @classmethod
@@ -136,7 +156,7 @@ class PatchCore(nn.Module):
     def __init__(self, recipe: PatchCoreRecipe) -> None:
         super().__init__()
         self.recipe = recipe
-        self.backbone = efficientnet_lite0()
+        self.backbone = efficientnet_lite(recipe.backbone)
         self.backbone.requires_grad_(False)
         self.blocks = [self.backbone.block_channels[t] for t in recipe.taps]
         self.feature_dim = sum(self.blocks)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.acceleration import features_on
-from trainer.backbones.efficientnet_lite import efficientnet_lite0, lite_input
+from trainer.backbones.efficientnet_lite import efficientnet_lite, lite_input
 from trainer.models.fit_result import FitResult
 from trainer.models.patch_features import locally_aware
 from trainer.models.prediction import Prediction
@@ -34,7 +34,7 @@ class SimpleNet(nn.Module):
     def __init__(self, recipe: SimpleNetRecipe) -> None:
         super().__init__()
         self.recipe = recipe
-        self.backbone = efficientnet_lite0()
+        self.backbone = efficientnet_lite(recipe.backbone)
         self.backbone.requires_grad_(False)
         self.feature_dim = sum(self.backbone.block_channels[t] for t in recipe.taps)
         self.head = Head(self.feature_dim, recipe.adaptor_dim or self.feature_dim, recipe.discriminator_hidden)

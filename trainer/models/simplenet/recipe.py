@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from trainer.backbones.efficientnet_lite import DEFAULT_BACKBONE, BackboneName, check_taps, with_default_taps
+
+# Default taps: the last blocks of these backbone stages (stride 8 and stride 16), PatchCore's.
+TAP_STAGES = (2, 4)
 
 
 class SimpleNetRecipe(BaseModel):
@@ -11,7 +18,8 @@ class SimpleNetRecipe(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     input_size: tuple[int, int] = (256, 256)
-    taps: tuple[int, ...] = (4, 10)
+    backbone: BackboneName = DEFAULT_BACKBONE
+    taps: tuple[int, ...]  # left out: Lite0 blocks 4 and 10, Lite2 blocks 6 and 14
     # Width of the linear feature adaptor's output; None keeps the backbone's feature width.
     adaptor_dim: int | None = Field(default=None, ge=1)
     discriminator_hidden: int = Field(default=512, ge=1)
@@ -37,6 +45,13 @@ class SimpleNetRecipe(BaseModel):
     blur_sigma: float = Field(default=4.0, ge=0)
     batch_size: int = Field(default=16, ge=1)
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backbone_taps(cls, data: Any) -> Any:
+        return with_default_taps(data, TAP_STAGES)
+
+    _taps_in_backbone = field_validator("taps")(check_taps)
 
     @model_validator(mode="after")
     def _margins_ordered(self) -> SimpleNetRecipe:
