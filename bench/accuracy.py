@@ -1,5 +1,6 @@
-"""Image AUROC of PatchCore (or any registry model) on synthetic parts and on ELPV solar cells, against
-DESIGN.md's bar.
+"""Accuracy of PatchCore (or any registry model) on synthetic parts and on ELPV solar cells, against DESIGN.md's
+bar: image AUROC, pixel AUROC and AUPRO (synthetic parts have masks, ELPV has none), fit seconds, the memory
+bank's bytes and torch's milliseconds per image.
 
     .venv/bin/python bench/accuracy.py
 
@@ -11,13 +12,15 @@ DESIGN.md's bar.
 
 Each data set goes through the public API the way `trainer fit` and `trainer eval` see it: fit (which holds out
 20% of the good training images to calibrate the threshold, so it learns from "fitted on" of them), load the
-bundle back from disk, score the test images, AUROC. ELPV is `--data elpv:<type>:<seed>`: a seeded 80/20 of
-the probability-0 cells, tested as held-out probability-0 cells against the probability-1 cells, as the
-reference measurement was. Fit wall seconds are the whole `fit()` call: reading, fitting, and its own scoring.
-One row per model and data set, each model with its default recipe unless `--recipe` names one (then only
-one model); with several models, a side-by-side table follows: AUROC (fit seconds) and the difference from the
-first model named. With several seeds (ELPV splits), a table of each model's mean and range over them follows.
-`bench/reference_recipe.yaml` is DESIGN.md's throwaway reference PatchCore as a recipe, for `--recipe`.
+bundle back from disk, and `trainer eval`'s own evaluation of the test images. ELPV is
+`--data elpv:<type>:<seed>`: a seeded 80/20 of the probability-0 cells, tested as held-out probability-0 cells
+against the probability-1 cells, as the reference measurement was. Fit wall seconds are the whole `fit()` call:
+reading, fitting, and its own scoring. Torch ms per image is the median of batch-1 eager forwards (CPU) over up
+to 50 test images. One row per model, seed and data set, each model with its default recipe unless `--recipe`
+names one (then only one model); with several models, a side-by-side table follows: AUROC (fit seconds) and the
+difference from the first model named. With several seeds (ELPV splits), a table of each model's mean and range
+over them follows. `bench/reference_recipe.yaml` is DESIGN.md's throwaway reference PatchCore as a recipe, for
+`--recipe`.
 """
 
 from __future__ import annotations
@@ -30,15 +33,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
+from edge_agent.geometry import Geometry
 from trainer.bundle import load_bundle
 from trainer.data.elpv import Counts, summary
 from trainer.data.layouts import ELPV_PREFIX, discover
 from trainer.data.synthetic import SyntheticSpec, generate
+from trainer.evaluate import evaluate
 from trainer.fit import FitOptions, fit
-from trainer.metrics import image_auroc
 from trainer.models import REGISTRY
-from trainer.predict import predict_scores, read_frames
+from trainer.predict import model_inputs, read_frames
 
 MODEL = "patchcore"
 SYNTHETIC = "synthetic"
@@ -48,6 +54,8 @@ SYNTHETIC_SPEC = SyntheticSpec(test_good=40, test_defects_per_type=20)
 # The throwaway reference PatchCore's image AUROC in percent (DESIGN.md, "A bar to beat on ELPV").
 BAR = {"elpv-mono": 96.4, "elpv-poly": 89.0}
 PERCENT = 100.0
+MS = 1000.0
+TIMED_IMAGES = 50
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,11 @@ class Result:
     counts: Counts
     fitted_on: int
     auroc_percent: float
+    pixel_auroc_percent: float | None  # None without masks
+    aupro_percent: float | None
     fit_s: float
+    bank_bytes: int | None  # None for models without a memory bank
+    torch_ms: float
 
 
 def data_for(name: str, tmp: Path, seed: int) -> Path:
@@ -71,12 +83,39 @@ def measure(model_name: str, name: str, data: Path, out: Path, recipe: Path | No
     start = time.perf_counter()
     fit(FitOptions(data=data, model=model_name, out=out, recipe=recipe, seed=seed))
     fit_s = time.perf_counter() - start
+    evaluated = evaluate(out, data)
     model, manifest = load_bundle(out)
-    frames, kept, _ = read_frames(s.path for s in dataset.test)
-    readable = set(kept)
-    is_defect = np.array([s.is_defect for s in dataset.test if s.path in readable])
-    auroc = image_auroc(predict_scores(model, frames, manifest.geometry), is_defect)
-    return Result(name, seed, summary(dataset), manifest.training_set.count, PERCENT * auroc, fit_s)
+    pixel = evaluated.pixel
+    return Result(
+        name=name,
+        seed=seed,
+        counts=summary(dataset),
+        fitted_on=manifest.training_set.count,
+        auroc_percent=PERCENT * float(evaluated.image_auroc or 0.0),
+        pixel_auroc_percent=None if pixel is None else PERCENT * pixel.pixel_auroc,
+        aupro_percent=None if pixel is None else PERCENT * pixel.aupro,
+        fit_s=fit_s,
+        bank_bytes=manifest.fit_summary.get("bank_bytes"),
+        torch_ms=torch_ms_per_image(model, [s.path for s in dataset.test[:TIMED_IMAGES]], manifest.geometry),
+    )
+
+
+@torch.no_grad()
+def torch_ms_per_image(model: nn.Module, paths: list[Path], geometry: Geometry) -> float:
+    """Median wall ms of one eager forward of batch 1 (all of a frame's tiles), after one warm-up."""
+    frames, _, _ = read_frames(paths)
+    inputs = [torch.from_numpy(model_inputs([f], geometry)) for f in frames]
+    model(inputs[0])
+    times = []
+    for x in inputs:
+        start = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - start)
+    return MS * float(np.median(times))
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def row(result: Result) -> str:
@@ -84,10 +123,11 @@ def row(result: Result) -> str:
     bar = BAR.get(result.name)
     versus_bar = f"{bar:.1f} | {auroc - bar:+.1f}" if bar is not None else "- | -"
     counts = result.counts
+    bank = "-" if result.bank_bytes is None else f"{result.bank_bytes:,}"
     return (
         f"| {result.seed} | {result.name} | {counts.train} | {result.fitted_on} | {counts.test_good} | "
-        f"{counts.test_defect} | "
-        f"{auroc:.1f} | {versus_bar} | {result.fit_s:.0f} |"
+        f"{counts.test_defect} | {auroc:.1f} | {percent(result.pixel_auroc_percent)} | "
+        f"{percent(result.aupro_percent)} | {versus_bar} | {result.fit_s:.0f} | {bank} | {result.torch_ms:.1f} |"
     )
 
 
@@ -130,10 +170,10 @@ def main() -> None:
         parser.error("--recipe holds one model's keys; name that one model with --models")
     print(f"recipe {args.recipe or 'default'}, seed(s) {','.join(map(str, args.seed))}\n")
     print(
-        "| model | seed | data set | train | fitted on | test good | test defect | image AUROC % | bar % "
-        "| vs bar (points) | fit wall s |"
+        "| model | seed | data set | train | fitted on | test good | test defect | I-AUROC % | P-AUROC % | AUPRO % "
+        "| bar % | I-AUROC vs bar (points) | fit wall s | bank bytes | torch ms/image |"
     )
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     results: dict[tuple[str, str, int], Result] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seed:
