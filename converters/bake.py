@@ -20,7 +20,14 @@ from converters.onnx import export_onnx
 from converters.openvino import to_openvino
 from converters.parity import parity_report
 from converters.quantize import quantize_openvino
-from converters.tensorrt import MODEL_ENGINE, NOT_INSTALLED, build_engine, tensorrt_available
+from converters.tensorrt import (
+    ENGINE_ON_TARGET,
+    MODEL_ENGINE,
+    NOT_INSTALLED,
+    EngineError,
+    build_engine,
+    tensorrt_available,
+)
 from edge_agent.bundle import EDGE_FORMAT_VERSION, MANIFEST, EdgeManifest, Parity
 from edge_agent.geometry import Combined, Geometry
 from edge_agent.hashing import sha256_file
@@ -37,6 +44,9 @@ log = logging.getLogger(__name__)
 
 MAX_PARITY_IMAGES = 64
 MAX_CALIBRATION_IMAGES = 300
+# NNCF sets every activation range from the calibration images: fewer than this leaves ranges that the next
+# ordinary part overruns.
+MIN_CALIBRATION_IMAGES = 10
 BUNDLE_MODE = 0o755
 PRECISIONS = {"openvino": ("fp32", "fp16", "int8"), "onnx": ("fp32",), "tensorrt": ("fp32", "fp16")}
 PERCENT = 100.0
@@ -63,6 +73,8 @@ class BakeOptions:
     calib: Path | None = None  # good images to calibrate int8 on; default: the bundle's validation images
     defects: Path | None = None  # labelled defect images: the guard then also bounds the AUROC change
     guard: Guard = Guard()
+    # tensorrt without TensorRT here: write the ONNX anyway, for the agent's TensorRT provider to build on the target
+    engine_on_target: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,13 +84,16 @@ class Frames:
     defects: list[np.ndarray]
 
 
-def _check_target(target: str, precision: str) -> None:
+def _check_target(options: BakeOptions) -> None:
+    target, precision = options.target, options.precision
     if target not in PRECISIONS:
         raise BakeError(f"unknown --target '{target}'; choose one of {', '.join(PRECISIONS)}")
     if precision not in PRECISIONS[target]:
         hint = "; int8 is baked for OpenVINO (--target openvino)" if precision == "int8" else ""
         choices = ", ".join(PRECISIONS[target])
         raise BakeError(f"--precision {precision} is not available for --target {target} (choose {choices}){hint}")
+    if target == "tensorrt" and not tensorrt_available() and not options.engine_on_target:
+        raise BakeError(NOT_INSTALLED)
 
 
 def _read_folder(folder: Path, option: str) -> list[np.ndarray]:
@@ -105,7 +120,14 @@ def _frames(validation: list[str], options: BakeOptions) -> Frames:
     if not good:
         raise BakeError("none of the validation images could be read; pass --calib DIR with images of good parts")
     defects = _read_folder(options.defects, "--defects") if options.defects is not None else []
-    return Frames(good, (calibration or good)[:MAX_CALIBRATION_IMAGES], defects)
+    frames = Frames(good, (calibration or good)[:MAX_CALIBRATION_IMAGES], defects)
+    if options.precision == "int8" and len(frames.calibration) < MIN_CALIBRATION_IMAGES:
+        source = f"--calib {options.calib}" if options.calib is not None else "the bundle's validation images"
+        raise BakeError(
+            f"int8 needs at least {MIN_CALIBRATION_IMAGES} good images to calibrate on; {source} gave "
+            f"{len(frames.calibration)}; pass --calib DIR with more images of good parts"
+        )
+    return frames
 
 
 def _check_replaceable(out: Path) -> None:
@@ -125,9 +147,12 @@ def _write_graph(model: nn.Module, geometry: Geometry, options: BakeOptions, fra
     export_onnx(model, height, width, folder / MODEL_ONNX)
     if options.target == "tensorrt":
         if tensorrt_available():
-            build_engine(folder / MODEL_ONNX, folder / MODEL_ENGINE, options.precision)
+            try:
+                build_engine(folder / MODEL_ONNX, folder / MODEL_ENGINE, options.precision)
+            except EngineError as exc:
+                raise BakeError(str(exc)) from None
         else:
-            log.warning(NOT_INSTALLED)
+            log.warning(ENGINE_ON_TARGET)
 
 
 def _runtime(options: BakeOptions, folder: Path) -> Runtime:
@@ -143,7 +168,7 @@ def _baked_files(folder: Path) -> dict[str, str]:
 
 
 def bake(options: BakeOptions) -> EdgeManifest:
-    _check_target(options.target, options.precision)
+    _check_target(options)
     _check_replaceable(options.out)
     model, source = load_bundle(options.bundle)
     frames = _frames(source.training_set.validation, options)

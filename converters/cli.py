@@ -33,6 +33,9 @@ def bake_command(
     ] = None,
     max_auroc_drop: Annotated[float, typer.Option(min=0, help="int8/fp16 guard: AUROC points it may lose")] = 0.5,
     max_flip_rate: Annotated[float, typer.Option(min=0, max=1, help="int8/fp16 guard: share of verdicts")] = 0.01,
+    engine_on_target: Annotated[
+        bool, typer.Option(help="tensorrt without TensorRT here: write model.onnx; the agent builds the engine")
+    ] = False,
 ) -> None:
     """Export the whole pipeline as one graph, check it against torch, and write the edge bundle.
 
@@ -40,7 +43,7 @@ def bake_command(
     """
     setup_logging()
     guard = Guard(max_auroc_drop=max_auroc_drop, max_flip_rate=max_flip_rate)
-    manifest = bake(BakeOptions(bundle, out, target, precision, calib, defects, guard))
+    manifest = bake(BakeOptions(bundle, out, target, precision, calib, defects, guard, engine_on_target))
     p = manifest.parity
     auroc = ""
     if p.auroc_reference is not None and p.auroc_baked is not None:

@@ -15,10 +15,18 @@ TRTEXEC = "trtexec"
 WORKSPACE_BYTES = 1 << 30
 BUILD_TIMEOUT_S = 1800
 NOT_INSTALLED = (
-    "TensorRT is not installed here, so no engine was built; the bundle carries model.onnx, and the agent's "
-    "onnxruntime backend builds the engine on the target with its TensorRT provider and caches it. Parity was "
-    "checked on the providers this machine has"
+    "--target tensorrt needs TensorRT (the tensorrt Python package or trtexec) on this machine to build the engine; "
+    "install it, or pass --engine-on-target to write model.onnx for the agent's TensorRT provider to build there"
 )
+ENGINE_ON_TARGET = (
+    "TensorRT is not installed here, so no engine was built (--engine-on-target); the bundle carries model.onnx, "
+    "and the agent's onnxruntime backend builds the engine on the target with its TensorRT provider and caches it. "
+    "Parity was checked on the providers this machine has"
+)
+
+
+class EngineError(Exception):
+    """TensorRT could not parse the graph or build an engine from it."""
 
 
 def tensorrt_available() -> bool:
@@ -36,7 +44,7 @@ def build_engine(onnx: Path, engine: Path, precision: str) -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"trtexec could not build the engine: {tail[0]}")
+        raise EngineError(f"trtexec could not build the engine: {tail[0]}")
 
 
 def _build_with_python(onnx: Path, engine: Path, precision: str) -> None:  # pragma: no cover - needs a GPU
@@ -48,12 +56,12 @@ def _build_with_python(onnx: Path, engine: Path, precision: str) -> None:  # pra
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx.read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT's ONNX parser refused {onnx.name}: {errors}")
+        raise EngineError(f"TensorRT's ONNX parser refused {onnx.name}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     if precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError("TensorRT could not build an engine from the ONNX graph")
+        raise EngineError("TensorRT could not build an engine from the ONNX graph")
     engine.write_bytes(bytes(serialized))

@@ -60,16 +60,46 @@ def test_unknown_format_version_is_refused(pipeline: Pipeline, tmp_path: Path) -
         load_edge_bundle(copy)
 
 
-def test_bake_cli_refuses_a_missing_bundle(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "converters.cli", "bake", str(tmp_path / "nope"), "--out", str(tmp_path / "e")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def _bake_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "converters.cli", "bake", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> None:
     assert result.returncode == 2
-    assert "is not a model bundle" in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bake_cli_refuses_a_missing_bundle(tmp_path: Path) -> None:
+    _one_line_error(_bake_cli(str(tmp_path / "nope"), "--out", str(tmp_path / "e")), "is not a model bundle")
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        (["--target", "coreml"], "unknown --target 'coreml'; choose one of openvino, onnx, tensorrt"),
+        (["--precision", "int4"], "--precision int4 is not available for --target openvino (choose fp32, fp16, int8)"),
+        (["--target", "onnx", "--precision", "int8"], "int8 is baked for OpenVINO"),
+    ],
+)
+def test_bake_cli_refuses_an_unknown_target_or_precision(
+    pipeline: Pipeline, tmp_path: Path, option: list[str], expected: str
+) -> None:
+    _one_line_error(_bake_cli(str(pipeline.model), "--out", str(tmp_path / "e"), *option), expected)
+    assert not (tmp_path / "e").exists()
+
+
+def test_int8_refuses_too_few_calibration_images(pipeline: Pipeline, tmp_path: Path) -> None:
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for path in list_images(pipeline.data / "train" / "good")[:3]:
+        shutil.copy(path, calib / path.name)
+    args = (str(pipeline.model), "--out", str(tmp_path / "e"), "--precision", "int8", "--calib", str(calib))
+    _one_line_error(_bake_cli(*args), "int8 needs at least 10 good images to calibrate on; --calib")
+    assert "gave 3" in _bake_cli(*args).stderr
     assert not (tmp_path / "e").exists()
 
 

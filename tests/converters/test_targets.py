@@ -132,13 +132,17 @@ def test_precision_a_target_cannot_run_is_refused(pipeline: Pipeline, tmp_path: 
         bake(BakeOptions(bundle=pipeline.model, out=tmp_path / "e", target="onnx", precision="int8"))
 
 
-def test_tensorrt_target_without_tensorrt_still_writes_a_runnable_bundle(
+def test_tensorrt_target_without_tensorrt_is_refused_unless_the_engine_is_built_on_target(
     pipeline: Pipeline, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     if tensorrt_available():
         pytest.skip("TensorRT is installed here; the GPU test covers the engine build")
     edge = tmp_path / "edge"
-    manifest = bake(BakeOptions(bundle=pipeline.model, out=edge, target="tensorrt", precision="fp16"))
+    with pytest.raises(BakeError, match=r"needs TensorRT .* or pass --engine-on-target"):
+        bake(BakeOptions(bundle=pipeline.model, out=edge, target="tensorrt", precision="fp16"))
+    assert not edge.exists()
+    options = BakeOptions(bundle=pipeline.model, out=edge, target="tensorrt", precision="fp16", engine_on_target=True)
+    manifest = bake(options)
     assert "TensorRT is not installed here" in caplog.text
     assert set(manifest.files) == {"model.onnx"}
     runtime = make_runtime(load_edge_bundle(edge), ModelConfig(path=edge, cache_dir=tmp_path / "cache"))

@@ -11,6 +11,7 @@ import yaml
 from pipeline import Pipeline
 
 from trainer.bundle import BundleError, load_bundle
+from trainer.data.synthetic import SyntheticSpec, generate
 from trainer.fit import calibrate_threshold, load_recipe
 
 TRAINER = [sys.executable, "-m", "trainer.cli"]
@@ -99,3 +100,47 @@ def test_shipped_recipe_is_valid() -> None:
     recipe = load_recipe("patchcore", Path(__file__).resolve().parents[2] / "configs" / "patchcore.yaml")
     assert recipe.model.taps == (4, 10)
     assert recipe.geometry.mode == "squash"
+
+
+@pytest.mark.parametrize("distribution", ["normal", "lognormal"])
+@pytest.mark.parametrize("seed", range(3))
+def test_threshold_quantile_holds_on_unseen_scores(distribution: str, seed: int) -> None:
+    # 2,000 validation scores set the threshold; 20,000 fresh ones from the same distribution measure the false
+    # rejects it gives. The lognormal's tail is heavier than a normal fit's, so there the empirical quantile must
+    # win: a normal fit alone would reject about 3% at q = 0.99.
+    rng = np.random.default_rng(seed)
+
+    def draw(count: int) -> np.ndarray:
+        if distribution == "normal":
+            return rng.normal(10.0, 1.5, count)
+        return rng.lognormal(0.0, 0.5, count)
+
+    val, held_out = draw(2_000), draw(20_000)
+    thresholds = []
+    for q in (0.9, 0.95, 0.99):
+        threshold = calibrate_threshold(val, q)
+        thresholds.append(threshold)
+        assert threshold >= np.quantile(val, q)
+        false_rejects = float((held_out >= threshold).mean())
+        assert 0.5 * (1 - q) <= false_rejects <= 1.5 * (1 - q), (q, false_rejects)
+    assert thresholds[0] < thresholds[1] < thresholds[2]
+
+
+def test_fit_cli_threshold_rises_with_the_threshold_quantile(tmp_path: Path) -> None:
+    data = generate(tmp_path / "data", SyntheticSpec(size=64, train_good=20, test_good=0, test_defects_per_type=0))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("input_size: [64, 64]\nmin_memory_bank: 64\n")
+    manifests = []
+    for q in ("0.6", "0.999"):
+        out = tmp_path / f"m{q}"
+        result = run_trainer(
+            "fit", "--data", str(data), "--out", str(out), "--config", str(recipe), "--threshold-quantile", q
+        )
+        assert result.returncode == 0, result.stderr
+        manifests.append(yaml.safe_load((out / "manifest.yaml").read_text()))
+    low, high = manifests
+    assert (low["threshold_quantile"], high["threshold_quantile"]) == (0.6, 0.999)
+    # Same split, same bank, same validation scores: only the quantile differs.
+    assert low["validation_scores"] == high["validation_scores"]
+    assert low["threshold"] < high["threshold"]
+    assert high["threshold"] > high["validation_scores"]["max"]

@@ -195,3 +195,108 @@ def test_score_stats_is_unchanged() -> None:
 def test_pixel_metrics_from_one_sort_match_the_separate_ones(seed: int) -> None:
     maps, masks = maps_and_masks(seed, n=6, side=32)
     assert pixel_auroc_and_aupro(maps, masks) == pytest.approx((pixel_auroc(maps, masks), aupro(maps, masks)))
+
+
+def test_f1_max_of_an_inverted_set_is_the_reject_everything_point() -> None:
+    # Every defect scores below every good image. Thresholds are the observed scores and `>=` flags: down to the
+    # lowest good score (0.6) no defect is flagged (F1 = 0); at 0.2, 5 flagged of which 1 defect: 2/(5+2) = 2/7;
+    # at 0.1 everything is flagged: precision 2/6, recall 1, F1 = 2 * 2 / (6 + 2) = 0.5, the best.
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.2, 0.1])
+    labels = np.array([False, False, False, False, True, True])
+    best = f1_max(scores, labels)
+    assert best.f1 == pytest.approx(0.5)
+    assert best.threshold == 0.1
+    assert best.precision == pytest.approx(2 / 6)
+    assert best.recall == 1.0
+    # Larger: D defects below N - D goods gives 2D / (N + D), whatever the scores are.
+    rng = np.random.default_rng(0)
+    goods, defects = rng.uniform(5, 6, 40), rng.uniform(0, 1, 10)
+    best = f1_max(np.concatenate([goods, defects]), np.repeat([False, True], [40, 10]))
+    assert best.f1 == pytest.approx(2 * 10 / (50 + 10))
+    assert best.threshold == defects.min()
+
+
+def test_f1_max_of_a_small_mixed_set_worked_by_hand() -> None:
+    # Scores (D = defect, G = good), descending: D 0.9, G 0.8, D 0.7, D 0.4, G 0.2; 3 defects.
+    # F1 = 2TP / (flagged + defects) at each threshold:
+    #   >= 0.9: 2*1/(1+3) = 0.5;  >= 0.8: 2*1/(2+3) = 0.4;  >= 0.7: 2*2/(3+3) = 0.667;
+    #   >= 0.4: 2*3/(4+3) = 6/7 = 0.857 (best: precision 3/4, recall 1);  >= 0.2: 2*3/(5+3) = 0.75.
+    scores = np.array([0.2, 0.7, 0.9, 0.4, 0.8])
+    labels = np.array([False, True, True, True, False])
+    best = f1_max(scores, labels)
+    assert best.f1 == pytest.approx(6 / 7)
+    assert best.threshold == 0.4
+    assert best.precision == pytest.approx(3 / 4)
+    assert best.recall == 1.0
+
+
+def test_f1_max_counts_tied_scores_together() -> None:
+    # D 0.5 and G 0.5 tie, then G 0.2; 1 defect. A threshold of 0.5 flags both tied images: F1 = 2/(2+1) = 2/3.
+    # Taking the defect alone first (F1 = 1) would be a threshold no rule `score >= t` can produce.
+    # At 0.2: 2*1/(3+1) = 0.5. So 2/3 at 0.5, precision 1/2.
+    best = f1_max(np.array([0.5, 0.5, 0.2]), np.array([True, False, False]))
+    assert best.f1 == pytest.approx(2 / 3)
+    assert (best.threshold, best.precision, best.recall) == (0.5, 0.5, 1.0)
+
+
+def test_f1_max_tie_in_f1_goes_to_the_higher_threshold() -> None:
+    # D 0.9, G 0.8, G 0.7, D 0.6; 2 defects. >= 0.9: 2/(1+2) = 2/3; >= 0.8: 2/4; >= 0.7: 2/5;
+    # >= 0.6: 4/(4+2) = 2/3 again. The documented rule keeps the higher threshold, 0.9 (precision 1, recall 1/2).
+    best = f1_max(np.array([0.9, 0.8, 0.7, 0.6]), np.array([True, False, False, True]))
+    assert best.f1 == pytest.approx(2 / 3)
+    assert (best.threshold, best.precision, best.recall) == (0.9, 1.0, 0.5)
+
+
+def _two_tiny_maps() -> tuple[np.ndarray, np.ndarray]:
+    maps = np.array([[[0.9, 0.2], [0.4, 0.1]], [[0.4, 0.5], [0.3, 0.05]]], dtype=np.float32)
+    masks = np.array([[[1, 0], [1, 0]], [[0, 0], [1, 0]]], dtype=bool)
+    return maps, masks
+
+
+def test_pixel_auroc_of_two_tiny_maps_worked_by_hand() -> None:
+    # Defect pixels (pooled over both maps): 0.9, 0.4, 0.3. Good pixels: 0.2, 0.1, 0.4, 0.5, 0.05. 3 x 5 = 15 pairs.
+    #   0.9 beats all 5 goods                                  -> 5
+    #   0.4 beats 0.2, 0.1, 0.05, ties 0.4 (1/2), loses to 0.5 -> 3.5
+    #   0.3 beats 0.2, 0.1, 0.05, loses to 0.4 and 0.5         -> 3
+    # AUROC = 11.5 / 15 = 23/30. (Averaging per map instead would give (1 + 1/3) / 2 = 2/3.)
+    maps, masks = _two_tiny_maps()
+    assert pixel_auroc(maps, masks) == pytest.approx(23 / 30, abs=1e-12)
+    assert pixel_auroc_and_aupro(maps, masks)[0] == pytest.approx(23 / 30, abs=1e-12)
+
+
+def test_pixel_auroc_of_a_separating_and_an_inverted_map() -> None:
+    _, masks = maps_and_masks(3, n=3, side=16)
+    rng = np.random.default_rng(3)
+    low, high = rng.uniform(0, 1, masks.shape), rng.uniform(2, 3, masks.shape)
+    assert pixel_auroc(np.where(masks, high, low), masks) == 1.0
+    assert pixel_auroc(np.where(masks, low, high), masks) == 0.0
+
+
+def test_aupro_of_an_inverted_detector_is_zero() -> None:
+    # Every defect-free pixel scores above every defect pixel, so the PRO stays 0 until all defect-free pixels are
+    # flagged (FPR = 1), far past the 0.3 limit: the area up to 0.3 is 0.
+    _, masks = maps_and_masks(1, n=4, side=16)
+    rng = np.random.default_rng(1)
+    inverted = np.where(masks, rng.uniform(0, 1, masks.shape), rng.uniform(2, 3, masks.shape)).astype(np.float32)
+    assert aupro(inverted, masks) == pytest.approx(0.0, abs=1e-12)
+    assert aupro((~masks).astype(np.float32), masks) == pytest.approx(0.0, abs=1e-12)
+    assert pixel_auroc_and_aupro(inverted, masks) == pytest.approx((0.0, 0.0), abs=1e-12)
+
+
+def test_aupro_of_a_one_row_map_worked_by_hand() -> None:
+    # One image of 1 x 13 pixels. Region A = columns 0-1 (scores 0.9, 0.5), region B = column 12 (score 0.0),
+    # apart, so two regions. The 10 defect-free pixels score 0.8, 0.4 and eight times 0.0.
+    # Thresholds, descending -> (FPR, PRO = mean over regions of the share flagged):
+    #   start (0, 0); 0.9 -> (0, 0.25); 0.8 -> (0.1, 0.25); 0.5 -> (0.1, 0.5); 0.4 -> (0.2, 0.5);
+    #   0.0 -> (1.0, 1.0) (B ties with eight good pixels, so they enter together).
+    # Area up to FPR 0.3: 0.1 * 0.25 + 0.1 * 0.5 + the trapezoid from (0.2, 0.5) to 0.3, where the line to
+    # (1, 1) is at 0.5 + 0.5 * 0.1 / 0.8 = 0.5625: 0.1 * (0.5 + 0.5625) / 2 = 0.053125. Sum 0.128125, / 0.3.
+    # (Pixel-weighted, as a TPR, the first step would be 1/3, not 0.25.)
+    masks = np.zeros((1, 1, 13), dtype=bool)
+    masks[0, 0, [0, 1, 12]] = True
+    maps = np.zeros(masks.shape, dtype=np.float32)
+    maps[0, 0, :4] = [0.9, 0.5, 0.8, 0.4]
+    expected = (0.025 + 0.05 + 0.053125) / 0.3
+    assert aupro(maps, masks) == pytest.approx(expected, abs=1e-6)
+    assert slow_aupro(maps, masks) == pytest.approx(expected, abs=1e-6)
+    assert pixel_auroc_and_aupro(maps, masks)[1] == pytest.approx(expected, abs=1e-6)

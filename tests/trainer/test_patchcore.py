@@ -5,6 +5,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from trainer.models.fit_result import FitResult
 from trainer.models.patchcore import PatchCore, PatchCoreRecipe
 from trainer.models.patchcore.model import smallest
 
@@ -120,3 +121,28 @@ def test_smallest_finds_the_k_smallest_of_every_row(k: int, group: int) -> None:
     found = smallest(values, k, group)
     expected = values.topk(k, dim=1, largest=False).indices
     assert (found.sort(dim=1).values == expected.sort(dim=1).values).all()
+
+
+def _fit_with_seed(seed: int) -> tuple[PatchCore, FitResult]:
+    # 24 + 8 noise images of 64 x 64 (below the OpenVINO threshold, so torch eager), 2048 patches, a bank of 200.
+    recipe = PatchCoreRecipe(input_size=(SIZE, SIZE), min_memory_bank=200, seed=seed)
+    model = PatchCore(recipe)
+    return model, model.fit(_parts(24, 10), _parts(8, 11))
+
+
+def test_fit_is_deterministic_for_a_seed_and_the_seed_picks_the_coreset() -> None:
+    first, first_result = _fit_with_seed(0)
+    again, again_result = _fit_with_seed(0)
+    other, _ = _fit_with_seed(1)
+    state, state_again, state_other = first.state_dict(), again.state_dict(), other.state_dict()
+    assert state.keys() == state_again.keys()
+    for name, tensor in state.items():
+        assert torch.equal(tensor, state_again[name]), name
+    assert first_result.summary["memory_bank"] == 200
+    torch.testing.assert_close(again_result.validation.score, first_result.validation.score, rtol=0, atol=0)
+    torch.testing.assert_close(again_result.validation.anomaly_map, first_result.validation.anomaly_map, rtol=0, atol=0)
+    # Another seed: another random projection and start for the greedy coreset, so other patches in the bank.
+    assert state_other["bank_codes"].shape == state["bank_codes"].shape
+    assert not torch.equal(state_other["bank_codes"], state["bank_codes"])
+    # Not only another order of the same picks: other patches.
+    assert {tuple(r) for r in state_other["bank_codes"].tolist()} != {tuple(r) for r in state["bank_codes"].tolist()}
