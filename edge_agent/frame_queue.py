@@ -50,6 +50,11 @@ class FrameQueue(Generic[T]):
             self._cond.notify_all()
 
     @property
+    def empty(self) -> bool:
+        with self._cond:
+            return not self._items
+
+    @property
     def finished(self) -> bool:
         with self._cond:
             return self._closed and not self._items

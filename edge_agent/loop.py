@@ -109,6 +109,8 @@ class InspectionLoop:
         self._snapshot_events: EventSink | None = None
         self._control = threading.Lock()
         self._paused = threading.Event()
+        # Set by the inference thread while it judges a frame; read by the acquisition thread's liveness tick.
+        self._judging = False
         if metrics is not None:
             metrics.watch(DROPPED, camera.name, lambda: self._queue.dropped)
             metrics.watch(CAMERA_CONNECTED, camera.name, lambda: self._camera_connected)
@@ -148,7 +150,9 @@ class InspectionLoop:
         while not self._queue.finished:
             frame = self._queue.get(QUEUE_POLL_S)
             if frame is not None:
+                self._judging = True
                 self._handle(frame)
+                self._judging = False
             if time.monotonic() >= next_stats:
                 self._publish_stats()
                 next_stats = time.monotonic() + self.options.stats_interval_s
@@ -196,12 +200,16 @@ class InspectionLoop:
                     self._reopen()
                     last_frame = time.monotonic()
                     continue
-                if not self._camera_connected and failures > 0:
-                    self._event("camera_reconnected", {"after_failures": failures})
-                self._camera_connected = True
+                # Connected means frames flow; a silent grab proves it only where silence is normal (no
+                # frame timeout: a hardware trigger), else a reopened but mute device would flap lost/reconnected.
+                if frame is not None or self.options.frame_timeout_s is None:
+                    if not self._camera_connected and failures > 0:
+                        self._event("camera_reconnected", {"after_failures": failures})
+                    self._camera_connected = True
                 if frame is None:
-                    # A healthy camera waiting for its trigger: the liveness tick, so idle is not a hang.
-                    if self.watchdog is not None:
+                    # A healthy camera waiting for its trigger: the liveness tick, so idle is not a hang. Only
+                    # while nothing waits for inference: a hung inference must still starve the watchdog.
+                    if self.watchdog is not None and self._queue.empty and not self._judging:
                         self.watchdog.feed()
                     continue
                 failures = 0

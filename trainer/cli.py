@@ -13,7 +13,7 @@ from trainer.bundle import BundleError
 from trainer.data.layouts import DataError
 from trainer.data.synthetic import SyntheticSpec, generate
 from trainer.evaluate import evaluate, write_report
-from trainer.fit import FitOptions, RecipeError, fit
+from trainer.fit import HOLDOUT_MAX, HOLDOUT_MIN, FitOptions, RecipeError, fit
 from trainer.models.training import TrainingError
 from trainer.report import summary_table
 
@@ -35,7 +35,11 @@ def fit_command(
     category: Annotated[str | None, typer.Option(help="category, when --data holds several")] = None,
     holdout: Annotated[
         float,
-        typer.Option(min=0.05, max=0.5, help="share of good images scored out-of-sample to calibrate the threshold"),
+        typer.Option(
+            min=HOLDOUT_MIN,
+            max=HOLDOUT_MAX,
+            help="share of good images scored out-of-sample to calibrate the threshold",
+        ),
     ] = 0.2,
     threshold_quantile: Annotated[float, typer.Option(min=0.5, max=1.0, help="quantile of held-out scores")] = 0.99,
     threshold: Annotated[

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from trainer import metrics
 from trainer.bundle import InputSpec, ModelManifest, load_bundle
-from trainer.data.layouts import GOOD, DataError, Dataset, Sample, discover
+from trainer.data.layouts import GOOD, MASK_NAMING, DataError, Dataset, Sample, discover, warn_mixed_sizes
 from trainer.predict import on_grid, predict, read_frames
 from trainer.report import write_report
 
@@ -39,6 +39,8 @@ NEEDS_GOODS = (
     "not passed to `trainer fit`); only the defects' scores and escape rate are reported"
 )
 NEEDS_MASKS = "pixel AUROC and AUPRO need ground-truth masks of defective images"
+# Files named in one warning line; the count says how many more there are.
+MAX_NAMED = 5
 
 
 # --- input geometry: frames go through the bundle's geometry (as in the agent); maps and masks meet on a grid ---
@@ -48,6 +50,7 @@ NEEDS_MASKS = "pixel AUROC and AUPRO need ground-truth masks of defective images
 class _Predicted:
     paths: list[Path]
     skipped: list[Path]
+    shapes: list[tuple[int, int]]  # (height, width) of each frame as stored
     scores: np.ndarray  # N
     views: np.ndarray  # N x H x W x 3 uint8, each frame as the model saw it, on the eval grid
     maps: np.ndarray  # N x H x W float32, on the eval grid
@@ -62,6 +65,7 @@ def _predict_paths(model: nn.Module, paths: Sequence[Path], manifest: ModelManif
     return _Predicted(
         kept,
         skipped,
+        [(f.shape[0], f.shape[1]) for f in frames],
         np.array([c.score for c in combined], dtype=np.float32),
         np.stack([v for v, _ in on]) if on else np.zeros((0, h, w, 3), np.uint8),
         np.stack([m for _, m in on]) if on else np.zeros((0, h, w), np.float32),
@@ -170,6 +174,7 @@ class _Scored:
     samples: list[Sample]
     scores: np.ndarray
     skipped: list[Path]
+    shapes: list[tuple[int, int]]  # (height, width) of each sample's frame as stored
     pixel_index: list[int]  # index into `samples` of each row of `maps`/`masks`
     maps: np.ndarray  # P x H x W float32
     masks: np.ndarray  # P x H x W bool
@@ -180,12 +185,18 @@ def evaluate(bundle: Path, data: Path, category: str | None = None) -> EvalResul
     """Score every labelled test image of `data` with the model bundle and compute all metrics."""
     model, manifest = load_bundle(bundle)
     dataset = discover(data, category)
-    samples, seen = _test_samples(dataset, manifest, data if category is None else data / category)
+    root = data if category is None else data / category
+    samples, seen = _test_samples(dataset, manifest, root)
+    for folder in dataset.empty_folders:
+        log.warning("%s has no images; it is left out of the evaluation", _shown(folder, root))
     if not samples:
-        raise DataError(f"no test images in {data}: add test/good and test/<defect> (or defect folders beside good/)")
+        raise _no_test_images(dataset, data, root)
+    _warn_orphan_masks(dataset, root)
     scored = _score(model, manifest, samples)
     if len(scored.samples) == 0:
         raise DataError(f"none of the {len(samples)} test images in {data} could be read")
+    warn_mixed_sizes(scored.shapes, "test images", manifest.geometry, "bundle's")
+    _warn_unmasked(scored, dataset)
     labels = [s.label for s in scored.samples]
     result = EvalResult(
         bundle=bundle,
@@ -209,6 +220,57 @@ def evaluate(bundle: Path, data: Path, category: str | None = None) -> EvalResul
     result.per_type = [_type_metrics(result, scored, label) for label in sorted(set(labels) - {GOOD})]
     result.grid_goods, result.grid_defects = _grid_tiles(model, manifest, result)
     return result
+
+
+def _shown(path: Path, root: Path) -> str:
+    """A path as the user knows it: under the data folder they passed, when it is there."""
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def _named(names: Sequence[str]) -> str:
+    """Up to MAX_NAMED names, and how many more, so one log line stays readable for a large set."""
+    shown = ", ".join(names[:MAX_NAMED])
+    return shown + (f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else "")
+
+
+def _no_test_images(dataset: Dataset, data: Path, root: Path) -> DataError:
+    if dataset.empty_folders:
+        empty = ", ".join(_shown(f, root) for f in dataset.empty_folders)
+        return DataError(
+            f"no test images in {data}: {empty} {'has' if len(dataset.empty_folders) == 1 else 'have'} no images, "
+            "and image AUROC needs defective test images (and good ones the model never learned from); add them"
+        )
+    return DataError(f"no test images in {data}: add test/good and test/<defect> (or defect folders beside good/)")
+
+
+def _warn_orphan_masks(dataset: Dataset, root: Path) -> None:
+    if not dataset.orphan_masks:
+        return
+    log.warning(
+        "%d mask file(s) match no test image and are not used: %s; a mask is named after its image (%s)",
+        len(dataset.orphan_masks),
+        _named([_shown(m, root) for m in dataset.orphan_masks]),
+        MASK_NAMING.get(dataset.layout, "see DESIGN.md"),
+    )
+
+
+def _warn_unmasked(scored: _Scored, dataset: Dataset) -> None:
+    """Name defects without a mask when the data set has masks at all: then a missing one is likely a mistake.
+    Without any masks, the NEEDS_MASKS note says it once, as for ELPV, which has none by design."""
+    has_masks = dataset.orphan_masks or any(s.mask is not None for s in dataset.test if s.is_defect)
+    if not scored.unmasked or not has_masks:
+        return
+    defects = sum(s.is_defect for s in scored.samples)
+    masked = defects - len(scored.unmasked)
+    log.warning(
+        "%d of %d defective test images have no usable mask: %s; pixel AUROC and AUPRO are computed over the %d "
+        "with masks and the goods (masks go in %s)",
+        len(scored.unmasked),
+        defects,
+        _named([f"{p.parent.name}/{p.name}" for p in scored.unmasked]),
+        masked,
+        MASK_NAMING.get(dataset.layout, "the layout's mask folder"),
+    )
 
 
 def _test_samples(dataset: Dataset, manifest: ModelManifest, root: Path) -> tuple[list[Sample], int]:
@@ -266,8 +328,9 @@ class _Collector:
         self.skipped: list[Path] = []
         self.unmasked: list[Path] = []
         self.pixel_index: list[int] = []
+        self.shapes: list[tuple[int, int]] = []
 
-    def add(self, sample: Sample, score: float, amap: np.ndarray) -> None:
+    def add(self, sample: Sample, score: float, amap: np.ndarray, shape: tuple[int, int]) -> None:
         mask = _read_mask(sample, self.spec)
         if mask is None:
             self.unmasked.append(sample.path)
@@ -277,12 +340,20 @@ class _Collector:
             self.pixel_index.append(len(self.kept))
         self.kept.append(sample)
         self.scores.append(score)
+        self.shapes.append(shape)
 
     def result(self) -> _Scored:
         rows = len(self.pixel_index)
         scores = np.array(self.scores, dtype=np.float32)
         return _Scored(
-            self.kept, scores, self.skipped, self.pixel_index, self.maps[:rows], self.masks[:rows], self.unmasked
+            self.kept,
+            scores,
+            self.skipped,
+            self.shapes,
+            self.pixel_index,
+            self.maps[:rows],
+            self.masks[:rows],
+            self.unmasked,
         )
 
 
@@ -293,8 +364,10 @@ def _score(model: nn.Module, manifest: ModelManifest, samples: list[Sample]) -> 
         for batch in _batches(samples, EVAL_BATCH):
             predicted = _predict_paths(model, [s.path for s in batch], manifest)
             collector.skipped += predicted.skipped
-            for path, score, amap in zip(predicted.paths, predicted.scores, predicted.maps, strict=True):
-                collector.add(by_path[path], float(score), amap)
+            for path, shape, score, amap in zip(
+                predicted.paths, predicted.shapes, predicted.scores, predicted.maps, strict=True
+            ):
+                collector.add(by_path[path], float(score), amap, shape)
             bar.update(len(batch))
     return collector.result()
 

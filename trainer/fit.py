@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from edge_agent.geometry import Geometry, Prepared, prepare
 from trainer.bundle import ModelManifest, write_bundle
-from trainer.data.layouts import DataError, Dataset, discover
+from trainer.data.layouts import DataError, Dataset, discover, warn_mixed_sizes
 from trainer.metrics import f1_max, image_auroc, score_stats
 from trainer.models import REGISTRY
 from trainer.models.prediction import Prediction
@@ -25,7 +25,12 @@ from trainer.predict import combine_frames, model_inputs, predict_scores, read_f
 
 log = logging.getLogger(__name__)
 
-MIN_TRAIN_IMAGES = 2
+# The threshold's normal fit needs a sample standard deviation (calibrate_threshold), so at least 2 scores; a
+# model needs at least one image to learn from besides them.
+MIN_VALIDATION_IMAGES = 2
+MIN_TRAIN_IMAGES = 1
+HOLDOUT_MIN, HOLDOUT_MAX = 0.05, 0.5  # the range `trainer fit --holdout` accepts
+HOLDOUT_STEP = 0.05  # granularity of the --holdout suggested when the good images are too few
 F1_THRESHOLD = "f1"
 
 
@@ -120,10 +125,68 @@ def _files_hash(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def _holdout_count(count: int, share: float) -> int:
+    return max(1, round(count * share))
+
+
+def _split_fits(count: int, share: float) -> bool:
+    n_hold = _holdout_count(count, share)
+    return n_hold >= MIN_VALIDATION_IMAGES and count - n_hold >= MIN_TRAIN_IMAGES
+
+
 def _split(count: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.default_rng(seed).permutation(count)
-    n_hold = max(1, round(count * share))
+    n_hold = _holdout_count(count, share)
     return np.sort(order[n_hold:]), np.sort(order[:n_hold])
+
+
+def _images_needed(share: float) -> int:
+    """The fewest good images whose split at `share` leaves enough to train on and to calibrate with.
+
+    Counted through the split itself (it rounds), not as ceil(MIN / share), so the figure is exact."""
+    count = MIN_VALIDATION_IMAGES + MIN_TRAIN_IMAGES
+    while not _split_fits(count, share):
+        count += 1
+    return count
+
+
+def _check_enough_images(count: int, share: float, folder: str) -> None:
+    if not 0 < share < 1:
+        raise RecipeError(f"--holdout {share:g}: must be a share above 0 and below 1")
+    if _split_fits(count, share):
+        return
+    needed = _images_needed(share)
+    grid = [round(k * HOLDOUT_STEP, 2) for k in range(1, round(HOLDOUT_MAX / HOLDOUT_STEP) + 1)]
+    fitting = next((h for h in grid if h > share and _split_fits(count, h)), None)
+    remedy = "add good images" + (f" or raise --holdout to {fitting:g}" if fitting is not None else "")
+    found = f"{count} readable good image{'' if count == 1 else 's'}"
+    raise DataError(
+        f"{found} in {folder}; at least {needed} are needed (--holdout {share:g} must leave {MIN_VALIDATION_IMAGES} "
+        f"validation images to calibrate the threshold, and {MIN_TRAIN_IMAGES} to train on); {remedy}"
+    )
+
+
+def _good_folder(data: Dataset, given: Path) -> str:
+    """Where the good images were found, for messages: their folder, or what --data said when they are spread."""
+    parents = {p.parent for p in data.train}
+    return str(parents.pop()) if len(parents) == 1 else str(given)
+
+
+def _warn_small_bank(summary: dict[str, Any], recipe: Any, images: int) -> None:
+    """PatchCore's coreset keeps every patch when there are fewer than `min_memory_bank`; say so, not silently."""
+    requested = getattr(recipe, "min_memory_bank", None)
+    bank = summary.get("memory_bank")
+    if requested is None or bank is None or bank >= requested:
+        return
+    log.warning(
+        "the recipe asks for a memory bank of %d entries (min_memory_bank) but %d good images give only %d "
+        "patches; the bank keeps all %d. Add good images, or set min_memory_bank to %d or less",
+        requested,
+        images,
+        summary.get("candidates", bank),
+        bank,
+        bank,
+    )
 
 
 def _test_metrics(model: torch.nn.Module, data: Dataset, geometry: Geometry, threshold: float) -> dict[str, float]:
@@ -157,10 +220,10 @@ def fit(options: FitOptions) -> ModelManifest:
     geometry = recipe.geometry
     data = discover(options.data, options.category)
     frames, paths, skipped = read_frames(tqdm(data.train, desc="reading good images", unit="img"))
-    if len(frames) < MIN_TRAIN_IMAGES:
-        raise DataError(f"only {len(frames)} readable good image(s) in {options.data}; need at least 2")
     if skipped:
         log.warning("skipped %d unreadable image(s) of %d", len(skipped), len(data.train))
+    _check_enough_images(len(frames), options.holdout, _good_folder(data, options.data))
+    warn_mixed_sizes([(f.shape[0], f.shape[1]) for f in frames], "good images", geometry, "recipe's")
     train_idx, val_idx = _split(len(frames), options.holdout, options.seed)
     inputs = model_inputs([frames[i] for i in train_idx], geometry)
     val_prepared = [prepare(frames[i], geometry) for i in val_idx]
@@ -172,6 +235,7 @@ def fit(options: FitOptions) -> ModelManifest:
     with tqdm(total=len(inputs) + len(val_inputs), desc=f"fitting {options.model}", unit="input") as bar:
         result = model.fit(inputs, val_inputs, progress=bar.update, val_groups=val_groups)
     del inputs, val_inputs
+    _warn_small_bank(result.summary, recipe.model, len(frames) if result.learned_from_validation else len(train_idx))
     model.cpu().eval()
 
     val_scores = _frame_scores(result.validation, val_prepared, geometry)

@@ -228,6 +228,57 @@ def test_no_frame_within_the_timeout_counts_as_a_camera_failure(monkeypatch: pyt
     stop = threading.Event()
     threading.Timer(0.5, stop.set).start()
     options = LoopOptions(grab_timeout_s=0.02, frame_timeout_s=0.1)
-    summary = InspectionLoop(camera, SlowRuntime(), FakePublisher(), MODEL, options).run(stop)
+    publisher = FakePublisher()
+    summary = InspectionLoop(camera, SlowRuntime(), publisher, MODEL, options).run(stop)
     assert summary.camera_errors >= 2 and camera.reopened == summary.camera_errors
     assert summary.frames == 0
+    # One outage, however many silent reopens: lost once, and never "reconnected" without a frame.
+    assert [event for _, event, _ in publisher.events] == ["camera_lost"]
+
+
+class IdleAfterOneFrame(FastCamera):
+    """One frame, then a camera waiting for a trigger that never comes (grab returns None)."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+
+    def grab(self, timeout_s: float) -> Frame | None:
+        if self.left == 0:
+            time.sleep(0.005)
+            return None
+        return super().grab(timeout_s)
+
+
+class HangingRuntime:
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def infer(self, image: np.ndarray) -> Inference:
+        self.entered.set()
+        self.release.wait(10)
+        return Inference(np.zeros(image.shape[:2], np.float32), 0.0)
+
+
+class CountingWatchdog:
+    def __init__(self) -> None:
+        self.feeds = 0
+
+    def feed(self) -> None:
+        self.feeds += 1
+
+
+def test_idle_liveness_tick_does_not_feed_the_watchdog_while_inference_hangs() -> None:
+    runtime, watchdog, stop = HangingRuntime(), CountingWatchdog(), threading.Event()
+    loop = InspectionLoop(IdleAfterOneFrame(), runtime, FakePublisher(), MODEL, LoopOptions(), watchdog=watchdog)
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    assert runtime.entered.wait(5)
+    hung_from = watchdog.feeds
+    time.sleep(0.3)  # the camera idles (grab -> None) about 60 times meanwhile
+    assert watchdog.feeds == hung_from
+    runtime.release.set()
+    time.sleep(0.3)  # the frame completes (one feed), then idle ticks feed again
+    assert watchdog.feeds > hung_from + 1
+    stop.set()
+    thread.join(10)

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_agent.geometry import Geometry
 from edge_agent.imageio import list_images
 
+log = logging.getLogger(__name__)
+
 GOOD = "good"
+MASKS = "masks"  # the folder layout's mask folder
+GROUND_TRUTH = "ground_truth"  # the MVTec AD layout's mask folder
 MASK_SUFFIX = "_mask"
 ELPV_PREFIX = "elpv:"  # `--data elpv:mono` names the installed ELPV data set, not a folder
+# Where each layout looks for the mask of a defective image, for messages about missing or misnamed masks.
+MASK_NAMING = {"mvtec": "ground_truth/<type>/<stem>_mask.png", "folder": "masks/<stem>.png"}
+# Sizes named in the mixed-size warning; a camera mix rarely has more, and the line must stay readable.
+MAX_SIZES_NAMED = 4
+GEOMETRY_EFFECT = {
+    "squash": "resized to the model input",
+    "letterbox": "resized and padded to the model input",
+    "tile": "scaled by tile_scale and cut into model-input tiles",
+}
 
 
 class DataError(Exception):
@@ -33,6 +50,8 @@ class Dataset:
     layout: str  # "mvtec" | "folder" | "elpv"
     train: list[Path]  # good images to learn from
     test: list[Sample]  # labelled images for evaluation (may be empty)
+    orphan_masks: list[Path] = field(default_factory=list)  # mask files named after no test image
+    empty_folders: list[Path] = field(default_factory=list)  # test folders without images: left out
 
 
 def _masks_by_stem(folder: Path) -> dict[str, Path]:
@@ -41,23 +60,71 @@ def _masks_by_stem(folder: Path) -> dict[str, Path]:
     return {p.stem.removesuffix(MASK_SUFFIX): p for p in list_images(folder)}
 
 
+def _unused(masks: Sequence[Path], test: Sequence[Sample]) -> list[Path]:
+    """Mask files no test image took: misnamed, or made for an image that is not there."""
+    used = {s.mask for s in test}
+    return sorted(m for m in masks if m not in used)
+
+
+def _ground_truth_masks(root: Path) -> list[Path]:
+    """Every mask under ground_truth/, also those of a type with no test/<type> folder (a misspelt type)."""
+    folder = root / GROUND_TRUTH
+    if not folder.is_dir():
+        return []
+    return [m for kind in sorted(folder.iterdir()) if kind.is_dir() for m in list_images(kind)]
+
+
 def _mvtec(root: Path) -> Dataset:
     train = list_images(root / "train" / GOOD)
     test: list[Sample] = []
+    empty: list[Path] = []
     test_root = root / "test"
     if test_root.is_dir():
         for kind in sorted(p for p in test_root.iterdir() if p.is_dir()):
-            masks = _masks_by_stem(root / "ground_truth" / kind.name)
-            test += [Sample(p, kind.name, masks.get(p.stem)) for p in list_images(kind)]
-    return Dataset(root.name, "mvtec", train, test)
+            masks = _masks_by_stem(root / GROUND_TRUTH / kind.name)
+            images = list_images(kind)
+            if not images:
+                empty.append(kind)
+            test += [Sample(p, kind.name, masks.get(p.stem)) for p in images]
+    return Dataset(root.name, "mvtec", train, test, _unused(_ground_truth_masks(root), test), empty)
 
 
 def _folder(root: Path) -> Dataset:
-    masks = _masks_by_stem(root / "masks")
+    masks = _masks_by_stem(root / MASKS)
     test: list[Sample] = []
-    for kind in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in (GOOD, "masks")):
-        test += [Sample(p, kind.name, masks.get(p.stem)) for p in list_images(kind)]
-    return Dataset(root.name, "folder", list_images(root / GOOD), test)
+    empty: list[Path] = []
+    for kind in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in (GOOD, MASKS)):
+        images = list_images(kind)
+        # A hidden folder (.ipynb_checkpoints, .git) is no defect type anyone meant; not worth a warning.
+        if not images and not kind.name.startswith("."):
+            empty.append(kind)
+        test += [Sample(p, kind.name, masks.get(p.stem)) for p in images]
+    return Dataset(root.name, "folder", list_images(root / GOOD), test, _unused(list(masks.values()), test), empty)
+
+
+def warn_mixed_sizes(shapes: Sequence[tuple[int, int]], what: str, geometry: Geometry, owner: str) -> None:
+    """One warning when the images (height, width) are not all one size: each is mapped to the model input on
+    its own, so a mix changes the scale a defect is seen at. `owner` says whose geometry: recipe's or bundle's."""
+    counts = Counter(shapes)
+    if len(counts) < 2:
+        return
+    ranked = [f"{w}x{h}" for (h, w), _ in counts.most_common()]
+    (common_h, common_w), common_count = counts.most_common(1)[0]
+    named = ", ".join(ranked[:MAX_SIZES_NAMED])
+    if len(ranked) > MAX_SIZES_NAMED:
+        named += f" and {len(ranked) - MAX_SIZES_NAMED} more"
+    log.warning(
+        "%d of %d %s are not %dx%d (sizes seen: %s); each is %s per the %s geometry (%s)",
+        len(shapes) - common_count,
+        len(shapes),
+        what,
+        common_w,
+        common_h,
+        named,
+        GEOMETRY_EFFECT[geometry.mode],
+        owner,
+        geometry.mode,
+    )
 
 
 def discover(root: Path, category: str | None = None) -> Dataset:
