@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from trainer.models.fit_result import FitResult
 from trainer.models.patchcore import PatchCore, PatchCoreRecipe
-from trainer.models.patchcore.model import smallest
+from trainer.models.patchcore.model import patch_rows, smallest
 
 SIZE = 64
 
@@ -146,3 +146,15 @@ def test_fit_is_deterministic_for_a_seed_and_the_seed_picks_the_coreset() -> Non
     assert not torch.equal(state_other["bank_codes"], state["bank_codes"])
     # Not only another order of the same picks: other patches.
     assert {tuple(r) for r in state_other["bank_codes"].tolist()} != {tuple(r) for r in state["bank_codes"].tolist()}
+
+
+def test_patch_rows_lays_out_every_patch_image_by_image_and_releases_the_batches() -> None:
+    rng = np.random.default_rng(0)
+    chunks = [rng.standard_normal((n, 5, 3, 4)).astype(np.float32) for n in (2, 3, 1)]
+    expected = np.concatenate([c.transpose(0, 2, 3, 1).reshape(-1, 5) for c in chunks])
+    rows = patch_rows(list(chunks))
+    np.testing.assert_array_equal(rows, expected)
+    assert rows.shape == (6 * 3 * 4, 5)
+    held = list(chunks)
+    patch_rows(held)
+    assert held == []
