@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from trainer import metrics
 from trainer.bundle import InputSpec, ModelManifest, load_bundle
-from trainer.data.layouts import GOOD, MASK_NAMING, DataError, Dataset, Sample, discover, warn_mixed_sizes
-from trainer.predict import on_grid, predict, read_frames
+from trainer.data.layouts import GOOD, MASK_NAMING, DataError, Dataset, Sample, discover
+from trainer.predict import listed, on_grid, predict, read_frames, warn_mixed_sizes
 from trainer.report import write_report
 
 __all__ = ["EvalResult", "evaluate", "write_report"]
@@ -227,12 +227,6 @@ def _shown(path: Path, root: Path) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
-def _named(names: Sequence[str]) -> str:
-    """Up to MAX_NAMED names, and how many more, so one log line stays readable for a large set."""
-    shown = ", ".join(names[:MAX_NAMED])
-    return shown + (f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else "")
-
-
 def _no_test_images(dataset: Dataset, data: Path, root: Path) -> DataError:
     if dataset.empty_folders:
         empty = ", ".join(_shown(f, root) for f in dataset.empty_folders)
@@ -249,7 +243,7 @@ def _warn_orphan_masks(dataset: Dataset, root: Path) -> None:
     log.warning(
         "%d mask file(s) match no test image and are not used: %s; a mask is named after its image (%s)",
         len(dataset.orphan_masks),
-        _named([_shown(m, root) for m in dataset.orphan_masks]),
+        listed([_shown(m, root) for m in dataset.orphan_masks], MAX_NAMED),
         MASK_NAMING.get(dataset.layout, "see DESIGN.md"),
     )
 
@@ -267,7 +261,7 @@ def _warn_unmasked(scored: _Scored, dataset: Dataset) -> None:
         "with masks and the goods (masks go in %s)",
         len(scored.unmasked),
         defects,
-        _named([f"{p.parent.name}/{p.name}" for p in scored.unmasked]),
+        listed([f"{p.parent.name}/{p.name}" for p in scored.unmasked], MAX_NAMED),
         masked,
         MASK_NAMING.get(dataset.layout, "the layout's mask folder"),
     )

@@ -17,11 +17,11 @@ from tqdm import tqdm
 
 from edge_agent.geometry import Geometry, Prepared, prepare
 from trainer.bundle import ModelManifest, write_bundle
-from trainer.data.layouts import DataError, Dataset, discover, warn_mixed_sizes
+from trainer.data.layouts import DataError, Dataset, discover
 from trainer.metrics import f1_max, image_auroc, score_stats
 from trainer.models import REGISTRY
 from trainer.models.prediction import Prediction
-from trainer.predict import combine_frames, model_inputs, predict_scores, read_frames
+from trainer.predict import combine_frames, model_inputs, predict_scores, read_frames, warn_mixed_sizes
 
 log = logging.getLogger(__name__)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -17,6 +18,13 @@ from edge_agent.imageio import ImageReadError, read_image
 log = logging.getLogger(__name__)
 
 PREDICT_BATCH = 16
+# Sizes named in the mixed-size warning; a camera mix rarely has more, and the line must stay readable.
+MAX_SIZES_NAMED = 4
+GEOMETRY_EFFECT = {
+    "squash": "resized to the model input",
+    "letterbox": "resized and padded to the model input",
+    "tile": "scaled by tile_scale and cut into model-input tiles",
+}
 
 
 def read_frames(paths: Iterable[Path]) -> tuple[list[np.ndarray], list[Path], list[Path]]:
@@ -79,3 +87,31 @@ def on_grid(combined: Combined, height: int, width: int) -> tuple[np.ndarray, np
     view = cv2.resize(combined.view, (width, height), interpolation=cv2.INTER_AREA)
     amap = cv2.resize(combined.anomaly_map, (width, height), interpolation=cv2.INTER_LINEAR)
     return view, amap
+
+
+def listed(names: Sequence[str], limit: int) -> str:
+    """Up to `limit` names, and how many more, so one log line stays readable for a large set."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def warn_mixed_sizes(shapes: Sequence[tuple[int, int]], what: str, geometry: Geometry, owner: str) -> None:
+    """One warning when the images (height, width) are not all one size: each is mapped to the model input on
+    its own, so a mix changes the scale a defect is seen at. `owner` says whose geometry: recipe's or bundle's."""
+    counts = Counter(shapes)
+    if len(counts) < 2:
+        return
+    ranked = [f"{w}x{h}" for (h, w), _ in counts.most_common()]
+    (common_h, common_w), common_count = counts.most_common(1)[0]
+    log.warning(
+        "%d of %d %s are not %dx%d (sizes seen: %s); each is %s per the %s geometry (%s)",
+        len(shapes) - common_count,
+        len(shapes),
+        what,
+        common_w,
+        common_h,
+        listed(ranked, MAX_SIZES_NAMED),
+        GEOMETRY_EFFECT[geometry.mode],
+        owner,
+        geometry.mode,
+    )

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_agent.geometry import Geometry
 from edge_agent.imageio import list_images
-
-log = logging.getLogger(__name__)
 
 GOOD = "good"
 MASKS = "masks"  # the folder layout's mask folder
@@ -20,13 +15,6 @@ MASK_SUFFIX = "_mask"
 ELPV_PREFIX = "elpv:"  # `--data elpv:mono` names the installed ELPV data set, not a folder
 # Where each layout looks for the mask of a defective image, for messages about missing or misnamed masks.
 MASK_NAMING = {"mvtec": "ground_truth/<type>/<stem>_mask.png", "folder": "masks/<stem>.png"}
-# Sizes named in the mixed-size warning; a camera mix rarely has more, and the line must stay readable.
-MAX_SIZES_NAMED = 4
-GEOMETRY_EFFECT = {
-    "squash": "resized to the model input",
-    "letterbox": "resized and padded to the model input",
-    "tile": "scaled by tile_scale and cut into model-input tiles",
-}
 
 
 class DataError(Exception):
@@ -100,31 +88,6 @@ def _folder(root: Path) -> Dataset:
             empty.append(kind)
         test += [Sample(p, kind.name, masks.get(p.stem)) for p in images]
     return Dataset(root.name, "folder", list_images(root / GOOD), test, _unused(list(masks.values()), test), empty)
-
-
-def warn_mixed_sizes(shapes: Sequence[tuple[int, int]], what: str, geometry: Geometry, owner: str) -> None:
-    """One warning when the images (height, width) are not all one size: each is mapped to the model input on
-    its own, so a mix changes the scale a defect is seen at. `owner` says whose geometry: recipe's or bundle's."""
-    counts = Counter(shapes)
-    if len(counts) < 2:
-        return
-    ranked = [f"{w}x{h}" for (h, w), _ in counts.most_common()]
-    (common_h, common_w), common_count = counts.most_common(1)[0]
-    named = ", ".join(ranked[:MAX_SIZES_NAMED])
-    if len(ranked) > MAX_SIZES_NAMED:
-        named += f" and {len(ranked) - MAX_SIZES_NAMED} more"
-    log.warning(
-        "%d of %d %s are not %dx%d (sizes seen: %s); each is %s per the %s geometry (%s)",
-        len(shapes) - common_count,
-        len(shapes),
-        what,
-        common_w,
-        common_h,
-        named,
-        GEOMETRY_EFFECT[geometry.mode],
-        owner,
-        geometry.mode,
-    )
 
 
 def discover(root: Path, category: str | None = None) -> Dataset:
