@@ -33,7 +33,7 @@ from trainer.models.patch_features import locally_aware
 from trainer.models.patchcore.bank import Quantization, block_scales, int8_encode, pq_decode, pq_encode
 from trainer.models.patchcore.coreset import greedy_coreset
 from trainer.models.prediction import Prediction
-from trainer.models.smoothing import blur, gaussian_kernel
+from trainer.models.smoothing import gaussian_kernel, upsample_blur
 
 FLOAT_BYTES = 4
 # Added to the squared distance of a hidden bank entry: far beyond any real feature distance.
@@ -329,8 +329,7 @@ class PatchCore(nn.Module):
         hide = None if hidden is None else hidden.float() * HIDDEN_DISTANCE
         nearest_sq = self._nearest_squared(patches, bank, None if hide is None else Hidden(hide, h * w))
         amap = nearest_sq.sqrt().reshape(n, 1, h, w)
-        amap = F.interpolate(amap, size=size, mode="bilinear", align_corners=False)
-        amap = blur(amap, self.blur_kernel)
+        amap = upsample_blur(amap, size, self.blur_kernel)
         score = amap.amax(dim=(1, 2, 3))
         if self.recipe.reweight_neighbours > 0:
             score = score * self._reweight(patches, nearest_sq.reshape(n, h * w), bank, hide)

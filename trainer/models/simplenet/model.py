@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from trainer.acceleration import features_on
@@ -24,7 +23,7 @@ from trainer.models.patch_features import locally_aware
 from trainer.models.prediction import Prediction
 from trainer.models.simplenet.head import Head, train_head
 from trainer.models.simplenet.recipe import SimpleNetRecipe
-from trainer.models.smoothing import blur, gaussian_kernel
+from trainer.models.smoothing import gaussian_kernel, upsample_blur
 from trainer.models.training import module_device
 
 
@@ -58,8 +57,7 @@ class SimpleNet(nn.Module):
         """Channels-last patch features N x h x w x D -> anomaly maps at `size` and image scores."""
         n, h, w, d = feats.shape
         amap = self.head.anomaly(feats.reshape(-1, d)).reshape(n, 1, h, w)
-        amap = F.interpolate(amap, size=size, mode="bilinear", align_corners=False)
-        amap = blur(amap, self.blur_kernel)
+        amap = upsample_blur(amap, size, self.blur_kernel)
         return Prediction(anomaly_map=amap, score=amap.amax(dim=(1, 2, 3)))
 
     @torch.no_grad()
