@@ -24,6 +24,7 @@ from edge_agent.config import (
 from edge_agent.console import run_cli, setup_logging
 from edge_agent.control import Command, CommandError, Controller, parse_command
 from edge_agent.errors import AgentError, CameraUnavailable
+from edge_agent.logs import DEFAULT_LOG_FORMAT, LOG_FORMATS
 from edge_agent.loop import InspectionLoop, LoopOptions, RunSummary
 from edge_agent.metrics import ARCHIVE_PENDING, MQTT_CONNECTED, OUTBOX, Metrics, MetricsServer
 from edge_agent.model import load_model
@@ -102,12 +103,20 @@ def run_command(
     config: Annotated[Path, typer.Option(help="agent config YAML")] = DEFAULT_CONFIG_PATH,
     max_frames: Annotated[int | None, typer.Option(min=1, help="stop after this many frames")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every verdict")] = False,
+    # A plain str checked by setup_logging, not a typer choice: a bad value is then one `error:` line, exit 2.
+    log_format: Annotated[
+        str,
+        typer.Option(
+            metavar="|".join(LOG_FORMATS),
+            help="format of the log lines on stderr: logfmt (key=value) or json (one object per line)",
+        ),
+    ] = DEFAULT_LOG_FORMAT,
 ) -> None:
     """Run the inspection loop until the camera ends, --max-frames, Ctrl-C or SIGTERM.
 
     Example: edge-agent run --camera gige0 --config configs/agent.yaml --max-frames 100
     """
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     cfg = load_config(config)
     cam_cfg = cfg.camera(camera)
     # Warmed up before READY, so the first real frame meets its deadline.
