@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -27,13 +27,20 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
 
 @lru_cache(maxsize=32)
 def _axis_matrix(kernel: tuple[float, ...], source: int, target: int) -> torch.Tensor:
-    # Each column is the response to one grid point, through the very ops the matrix stands for.
-    units = torch.eye(source).unsqueeze(1)  # source x 1 x source
-    line = F.interpolate(units, size=target, mode="linear", align_corners=False)
+    # Built in numpy, so an exporter tracing `forward` records one constant, not the ops that made it.
+    scale = source / target
+    at = np.maximum((np.arange(target) + 0.5) * scale - 0.5, 0.0)  # torch's align_corners=False source points
+    low = np.floor(at).astype(np.int64)
+    high = np.minimum(low + 1, source - 1)
+    resample = np.zeros((target, source))
+    np.add.at(resample, (np.arange(target), low), 1.0 - (at - low))
+    np.add.at(resample, (np.arange(target), high), at - low)
     r = len(kernel) // 2
-    if r:  # replicate the border, so edges are not darkened
-        line = F.conv1d(F.pad(line, (r, r), mode="replicate"), torch.tensor(kernel).view(1, 1, -1))
-    return line.squeeze(1).T.contiguous()  # target x source
+    blur = np.zeros((target, target))
+    for offset, weight in zip(range(-r, r + 1), kernel, strict=True):
+        # Replicated border: a tap past the edge reads the edge point.
+        np.add.at(blur, (np.arange(target), np.clip(np.arange(target) + offset, 0, target - 1)), weight)
+    return torch.from_numpy(blur @ resample).float()
 
 
 def axis_matrix(kernel: torch.Tensor, source: int, target: int) -> torch.Tensor:
