@@ -26,7 +26,7 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
 
 
 @lru_cache(maxsize=32)
-def _axis_matrix(kernel: tuple[float, ...], source: int, target: int) -> torch.Tensor:
+def _axis_matrix(kernel: tuple[float, ...], source: int, target: int) -> np.ndarray:
     # Built in numpy, so an exporter tracing `forward` records one constant, not the ops that made it.
     scale = source / target
     at = np.maximum((np.arange(target) + 0.5) * scale - 0.5, 0.0)  # torch's align_corners=False source points
@@ -40,13 +40,16 @@ def _axis_matrix(kernel: tuple[float, ...], source: int, target: int) -> torch.T
     for offset, weight in zip(range(-r, r + 1), kernel, strict=True):
         # Replicated border: a tap past the edge reads the edge point.
         np.add.at(blur, (np.arange(target), np.clip(np.arange(target) + offset, 0, target - 1)), weight)
-    return torch.from_numpy(blur @ resample).float()
+    matrix: np.ndarray = (blur @ resample).astype(np.float32)
+    return matrix
 
 
 def axis_matrix(kernel: torch.Tensor, source: int, target: int) -> torch.Tensor:
     """target x source: bilinear resampling (align_corners=False) of `source` points to `target`, then the blur
     with `kernel`, along one axis."""
-    return _axis_matrix(tuple(kernel.tolist()), source, target)
+    # int(): while an exporter traces, shapes come as tensors.
+    # A fresh tensor per call, not a cached one: a tracing exporter then sees the same graph on every run.
+    return torch.from_numpy(_axis_matrix(tuple(kernel.tolist()), int(source), int(target)))
 
 
 def upsample_blur(amap: torch.Tensor, size: tuple[int, int], kernel: torch.Tensor) -> torch.Tensor:
