@@ -18,10 +18,11 @@ from edge_agent.cameras.base import Camera
 from edge_agent.control import EventSink
 from edge_agent.errors import CameraError, EndOfStream
 from edge_agent.frame_queue import FrameQueue
-from edge_agent.frames import Frame
+from edge_agent.frames import Frame, image_problem
 from edge_agent.geometry import Combined, combine, prepare
 from edge_agent.metrics import CAMERA_CONNECTED, DROPPED, Metrics
 from edge_agent.model import LoadedModel, ModelInfo
+from edge_agent.preprocess import to_uint8_rgb
 from edge_agent.publish.base import Publisher
 from edge_agent.regions import find_regions
 from edge_agent.runtimes.base import Runtime
@@ -259,16 +260,22 @@ class InspectionLoop:
         t2: float | None = None
         info = model.info
         geometry = info.geometry
-        try:
-            prepared = prepare(frame.image, geometry)
-            t1 = time.monotonic()
-            outputs = [model.runtime.infer(x) for x in prepared.inputs]
-            t2 = time.monotonic()
-            maps, scores = [o.anomaly_map for o in outputs], [o.score for o in outputs]
-            result = combine(prepared, maps, scores, geometry.mode)
-        except Exception as exc:  # any failure on one frame must become a fail-safe verdict, not a crash
-            error = f"{type(exc).__name__}: {exc}"
-            log.error("frame %d from '%s' failed: %s", frame.frame_id, self.camera.name, error)
+        # A frame the camera could not give as a picture is judged `error` like one the model failed on.
+        unreadable = frame.error or image_problem(frame.image)
+        if unreadable is not None:
+            error = unreadable
+        else:
+            try:
+                prepared = prepare(frame.image, geometry)
+                t1 = time.monotonic()
+                outputs = [model.runtime.infer(x) for x in prepared.inputs]
+                t2 = time.monotonic()
+                maps, scores = [o.anomaly_map for o in outputs], [o.score for o in outputs]
+                result = combine(prepared, maps, scores, geometry.mode)
+            except Exception as exc:  # any failure on one frame must become a fail-safe verdict, not a crash
+                error = f"{type(exc).__name__}: {exc}"
+        if error is not None:
+            log.error("%s frame %d ERROR (%s): %s", self.camera.name, frame.frame_id, frame.source, error)
         t3 = time.monotonic()
         # A stage that raised is charged the time up to the failure; the stages after it none.
         t1 = t3 if t1 is None else t1
@@ -307,15 +314,24 @@ class InspectionLoop:
         if publish:
             self._count(verdict, seconds)
         if snapshot is not None:
-            self._snapshot(verdict, frame, result, info, snapshot)
-        elif publish and self.archive is not None and self.archive.wants(verdict):
+            self._snapshot(verdict, frame, result, info, snapshot, unreadable)
+        elif publish and unreadable is None and self.archive is not None and self.archive.wants(verdict):
             self.archive.submit(_archive_item(verdict, frame, result, info))
 
     def _snapshot(
-        self, verdict: Verdict, frame: Frame, result: Combined | None, info: ModelInfo, events: EventSink
+        self,
+        verdict: Verdict,
+        frame: Frame,
+        result: Combined | None,
+        info: ModelInfo,
+        events: EventSink,
+        unreadable: str | None,
     ) -> None:
         if self.archive is None:
             events("snapshot_failed", {"reason": "the archive is disabled (archive.enabled: false)"})
+            return
+        if unreadable is not None:
+            events("snapshot_failed", {"reason": f"frame {frame.frame_id} has no picture: {unreadable}; try again"})
             return
         item = _archive_item(verdict, frame, result, info, snapshot=True)
         if not self.archive.submit(item):
@@ -337,6 +353,8 @@ class InspectionLoop:
         # Only frames the model judged feed it: a runtime failing on every frame is worth a restart.
         if self.watchdog is not None and verdict.verdict != ERROR:
             self.watchdog.feed()
+        if verdict.verdict == ERROR:
+            return  # `_inspect` logged it, with what went wrong
         level = logging.DEBUG if verdict.verdict == OK else logging.INFO
         log.log(
             level,
@@ -355,6 +373,7 @@ class InspectionLoop:
 def _archive_item(
     verdict: Verdict, frame: Frame, result: Combined | None, info: ModelInfo, snapshot: bool = False
 ) -> ArchiveItem:
-    view = frame.image if result is None else result.view
+    # A frame the model failed on is archived as the camera gave it, in the RGB the archive writes.
+    view = to_uint8_rgb(frame.image) if result is None else result.view
     anomaly_map = None if result is None else result.anomaly_map
     return ArchiveItem(verdict, view, anomaly_map, info.score_scale, snapshot)

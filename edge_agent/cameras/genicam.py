@@ -7,7 +7,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +22,10 @@ from genicam.gentl import TimeoutException
 from harvesters.core import Harvester
 
 from edge_agent.cameras.pacing import Pacer
-from edge_agent.cameras.pixel_formats import to_rgb_or_mono
+from edge_agent.cameras.pixel_formats import BadBuffer, to_rgb_or_mono
 from edge_agent.config import GenicamCameraConfig
 from edge_agent.errors import CameraError, CameraUnavailable
-from edge_agent.frames import Frame
+from edge_agent.frames import NO_IMAGE, Frame
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +36,11 @@ VIKY = "viky"
 GENTL_WAIT_MS = 0
 POLL_INTERVAL_S = 0.001
 NO_WAIT_S = 1e-6  # harvesters' try_fetch treats 0 as "wait for ever"
+# Where GenTL consumers look for installed producers (GenTL standard): folders separated by os.pathsep.
+GENTL_PATH_VARIABLE = "GENICAM_GENTL64_PATH"
+CTI_SUFFIX = ".cti"
+# Producers named in the "not found" line; a site with many vendors installed must still get one readable line.
+CTI_NAMED = 3
 
 
 def resolve_cti(cti: str) -> Path:
@@ -47,8 +55,40 @@ def resolve_cti(cti: str) -> Path:
         return path
     path = Path(cti).expanduser()
     if not path.is_file():
-        raise CameraError(f"GenTL producer (.cti) not found: {path}")
+        raise CameraError(f"GenTL producer (.cti) not found: {path}; {_installed_producers(os.environ)}")
     return path
+
+
+def find_producers(environ: Mapping[str, str]) -> list[Path]:
+    """The .cti files in the folders of GENICAM_GENTL64_PATH, in the variable's order, each once."""
+    found: list[Path] = []
+    for folder in environ.get(GENTL_PATH_VARIABLE, "").split(os.pathsep):
+        if not folder:
+            continue
+        try:
+            entries = sorted(Path(folder).iterdir())
+        except OSError:  # a stale entry (uninstalled vendor) must not hide the others
+            continue
+        for entry in entries:
+            if entry.suffix.lower() == CTI_SUFFIX and entry.is_file() and entry not in found:
+                found.append(entry)
+    return found
+
+
+def _installed_producers(environ: Mapping[str, str]) -> str:
+    """The tail of the "not found" line: which producers this machine does have, so the user can pick one."""
+    simulator = f"or use cti: {VIKY} (the simulator)"
+    found = find_producers(environ)
+    if found:
+        return f"found: {_first_few([str(p) for p in found], CTI_NAMED)} ({GENTL_PATH_VARIABLE}), {simulator}"
+    searched = environ.get(GENTL_PATH_VARIABLE, "")
+    where = f"no .cti in {GENTL_PATH_VARIABLE} ({searched})" if searched else f"{GENTL_PATH_VARIABLE} is not set"
+    return f"{where}; install the camera vendor's GenTL producer and give the path of its .cti, {simulator}"
+
+
+def _first_few(names: list[str], limit: int) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _poll(acquirer: Any, timeout_s: float) -> Any:
@@ -264,18 +304,11 @@ class GenicamCamera:
             captured_at = time.time()
             captured_mono = time.monotonic()
             with buffer:
-                components = buffer.payload.components
-                if not components:
-                    raise CameraError(f"camera {self.name}: device {self.source} sent a buffer with no image in it")
-                component = components[0]
-                pixel_format = str(component.data_format)
-                width = int(component.width)
-                height = int(component.height)
-                raw = np.array(component.data, copy=True)  # the buffer goes back to the producer on exit
                 frame_id = _optional_int(buffer.module, "frame_id")
                 camera_timestamp = _optional_int(buffer.module, "timestamp")
                 if camera_timestamp is None:
                     camera_timestamp = _optional_int(buffer.module, "timestamp_ns")
+                component = _copy_component(buffer.payload.components)  # the buffer goes back on exit
         except TimeoutException:
             return None
         except CameraError:
@@ -284,10 +317,7 @@ class GenicamCamera:
             raise CameraError(
                 f"camera {self.name}: reading an image from device {self.source} failed ({type(e).__name__}: {e})"
             ) from e
-        try:
-            image = to_rgb_or_mono(raw, width, height, pixel_format)
-        except CameraError as e:
-            raise CameraError(f"camera {self.name}: device {self.source}: {e}") from e
+        image, error = self._convert(component)
         self._frames += 1
         return Frame(
             image=image,
@@ -296,7 +326,18 @@ class GenicamCamera:
             captured_mono=captured_mono,
             camera_timestamp=camera_timestamp,
             source=self.source,
+            error=error,
         )
+
+    def _convert(self, component: _Component | None) -> tuple[np.ndarray, str | None]:
+        """The buffer's image, or NO_IMAGE and why not: a bad buffer from a working camera is that frame's
+        `error` verdict, not a reason to reconnect (which would miss the parts passing meanwhile)."""
+        if component is None:
+            return NO_IMAGE, f"bad buffer from device {self.source}: it holds no image"
+        try:
+            return to_rgb_or_mono(component.data, component.width, component.height, component.pixel_format), None
+        except BadBuffer as e:
+            return NO_IMAGE, f"bad buffer from device {self.source}: {e}"
 
     def close(self) -> None:
         acquirer, self._acquirer = self._acquirer, None
@@ -313,6 +354,28 @@ class GenicamCamera:
                 harvester.reset()
             except Exception as e:
                 logger.warning("camera %s: releasing the GenTL producer failed: %s", self.name, e)
+
+
+@dataclass(frozen=True)
+class _Component:
+    """The first image component of a buffer, copied out so the buffer can go back to the producer."""
+
+    data: np.ndarray
+    width: int
+    height: int
+    pixel_format: str
+
+
+def _copy_component(components: Any) -> _Component | None:
+    if not components:
+        return None
+    component = components[0]
+    return _Component(
+        data=np.array(component.data, copy=True),
+        width=int(component.width),
+        height=int(component.height),
+        pixel_format=str(component.data_format),
+    )
 
 
 def _optional_int(module: Any, attribute: str) -> int | None:

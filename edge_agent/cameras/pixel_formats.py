@@ -30,6 +30,12 @@ _CHANNELS: dict[str, tuple[int, int | None]] = {
 }
 BITS_PER_BYTE = 8
 
+
+class BadBuffer(CameraError):
+    """One buffer cannot be turned into an image (too short, unknown pixel format, wrong data type). That frame
+    is judged `error`; the camera that sent it is still working and is not reconnected."""
+
+
 SUPPORTED_PIXEL_FORMATS: tuple[str, ...] = (
     "Mono8",
     *_MONO_DEEP_BITS,
@@ -45,7 +51,8 @@ def to_rgb_or_mono(data: np.ndarray, width: int, height: int, pixel_format: str)
     `data` is the component data harvesters hands out: flat (or already shaped) uint8 for 8-bit and packed
     formats, uint16 for the unpacked 10/12/16-bit mono formats (raw little-endian bytes are accepted too).
     Rows may carry trailing padding; it is cropped. The result may share memory with `data`: copy the buffer
-    first if it is going back to the producer.
+    first if it is going back to the producer. Raises BadBuffer, naming what does not fit, for a buffer that
+    cannot be converted.
     """
     if pixel_format == "Mono8":
         return _rows(_as_dtype(data, np.uint8, pixel_format), width, height, 1, pixel_format)
@@ -66,7 +73,7 @@ def to_rgb_or_mono(data: np.ndarray, width: int, height: int, pixel_format: str)
     if pixel_format in _BAYER_TO_RGB:
         mosaic = np.ascontiguousarray(_rows(_as_dtype(data, np.uint8, pixel_format), width, height, 1, pixel_format))
         return np.asarray(cv2.cvtColor(mosaic, _BAYER_TO_RGB[pixel_format]), dtype=np.uint8)
-    raise CameraError(
+    raise BadBuffer(
         f"unsupported pixel format {pixel_format!r}; supported: {', '.join(SUPPORTED_PIXEL_FORMATS)}. "
         "Set the camera's PixelFormat to one of these."
     )
@@ -82,13 +89,13 @@ def _unpack(packed: np.ndarray, width: int, height: int, bits: int, pixel_format
     """Packed pixels -> uint16 H x W holding `bits`-bit values."""
     count = width * height
     if width <= 0 or height <= 0:
-        raise CameraError(f"{pixel_format} buffer reports an empty image ({width} x {height})")
+        raise BadBuffer(f"{pixel_format} buffer reports an empty image ({width} x {height})")
     if pixel_format.endswith("Packed"):
         if count % 2:
-            raise CameraError(f"{pixel_format} packs pixels in pairs; {width} x {height} is an odd count")
+            raise BadBuffer(f"{pixel_format} packs pixels in pairs; {width} x {height} is an odd count")
         need = count // 2 * 3
         if packed.size < need:
-            raise CameraError(f"{pixel_format} buffer holds {packed.size} bytes, {width} x {height} needs {need}")
+            raise BadBuffer(f"{pixel_format} buffer holds {packed.size} bytes, {width} x {height} needs {need}")
         groups = packed[:need].reshape(-1, 3).astype(np.uint16)
         low_bits = bits - BITS_PER_BYTE
         low_mask = (1 << low_bits) - 1
@@ -97,7 +104,7 @@ def _unpack(packed: np.ndarray, width: int, height: int, bits: int, pixel_format
         return np.stack([first, second], axis=1).reshape(height, width)
     need = -(-count * bits // BITS_PER_BYTE)
     if packed.size < need:
-        raise CameraError(f"{pixel_format} buffer holds {packed.size} bytes, {width} x {height} needs {need}")
+        raise BadBuffer(f"{pixel_format} buffer holds {packed.size} bytes, {width} x {height} needs {need}")
     stream = np.unpackbits(packed[:need], bitorder="little")[: count * bits].reshape(count, bits)
     weights = (1 << np.arange(bits)).astype(np.uint16)
     values: np.ndarray = (stream.astype(np.uint16) * weights).sum(axis=1, dtype=np.uint16)
@@ -110,19 +117,19 @@ def _as_dtype(data: np.ndarray, dtype: type[np.uint8] | type[np.uint16], pixel_f
     if data.dtype == np.uint8 and dtype is np.uint16:
         flat = np.ascontiguousarray(data).reshape(-1)
         if flat.size % 2:
-            raise CameraError(f"{pixel_format} buffer has an odd number of bytes ({flat.size})")
+            raise BadBuffer(f"{pixel_format} buffer has an odd number of bytes ({flat.size})")
         return flat.view("<u2")
-    raise CameraError(f"{pixel_format} buffer holds {data.dtype} data, expected {np.dtype(dtype).name}")
+    raise BadBuffer(f"{pixel_format} buffer holds {data.dtype} data, expected {np.dtype(dtype).name}")
 
 
 def _rows(data: np.ndarray, width: int, height: int, channels: int, pixel_format: str) -> np.ndarray:
     """Reshape to H x W (x C), dropping any padding at the end of each row."""
     if width <= 0 or height <= 0:
-        raise CameraError(f"{pixel_format} buffer reports an empty image ({width} x {height})")
+        raise BadBuffer(f"{pixel_format} buffer reports an empty image ({width} x {height})")
     flat = data.reshape(-1)
     row = width * channels
     if flat.size < row * height or flat.size % height:
-        raise CameraError(
+        raise BadBuffer(
             f"{pixel_format} buffer holds {flat.size} values, which does not fit {width} x {height}"
             f"{f' x {channels}' if channels > 1 else ''}"
         )

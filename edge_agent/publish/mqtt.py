@@ -52,6 +52,78 @@ COMMAND_QOS = 1
 STORE_RETRY_S = 1.0  # after a failed outbox read or delete (disk full, I/O error)
 # Rows read per outbox query: a read holds the store's lock, which the loop's `publish` also needs.
 PEEK_BATCH = 100
+# Paho's reconnect backoff: the wait doubles after each failed attempt, from the first to the cap.
+RECONNECT_MIN_S = 1
+RECONNECT_MAX_S = 30
+# A broker that refuses the login refuses every retry the same way, all night: the first refusal (and a new
+# reason) is a warning with the fix, the repeats are debug lines, with a reminder this often.
+REFUSAL_REMINDER_S = 600.0
+# Refusals a username/password or ACL fix cures (MQTT 3.1.1 return codes 4 and 5, as paho names them).
+CREDENTIAL_REFUSALS = frozenset({"Bad user name or password", "Not authorized"})
+CREDENTIAL_HINT = "check mqtt.username and mqtt.password_file against the broker's users and ACL"
+
+
+def backoff_s(attempt: int, min_s: float, max_s: float) -> float:
+    """Paho's wait after failed attempt number `attempt` (1-based): doubling from `min_s`, capped at `max_s`."""
+    return float(min(min_s * 2 ** (attempt - 1), max_s))
+
+
+class RefusalLog:
+    """Logs the broker's refusals of the connection: a warning for the first and for a new reason, a debug line
+    for a repeat, and a warning reminder at most every `reminder_s`. So a wrong password is one warning per
+    reason, not one line per retry, and a stale one is still mentioned now and then."""
+
+    def __init__(
+        self,
+        where: str,
+        min_s: float,
+        max_s: float,
+        reminder_s: float = REFUSAL_REMINDER_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._where = where
+        self._min_s = min_s
+        self._max_s = max_s
+        self._reminder_s = reminder_s
+        self._clock = clock
+        self.attempts = 0  # refusals in a row, since the last successful connection
+        self.reason: str | None = None
+        self._warned_at = 0.0
+
+    def refused(self, reason: str) -> None:
+        self.attempts += 1
+        now = self._clock()
+        wait = backoff_s(self.attempts, self._min_s, self._max_s)
+        if reason != self.reason:
+            self.reason = reason
+            self._warned_at = now
+            hint = f"{CREDENTIAL_HINT}; " if reason in CREDENTIAL_REFUSALS else ""
+            log.warning(
+                "MQTT broker %s refused the connection: %s; %sretrying in %.0f s (backoff up to %.0f s), "
+                "verdicts are kept in the outbox",
+                self._where,
+                reason,
+                hint,
+                wait,
+                self._max_s,
+            )
+        elif now - self._warned_at >= self._reminder_s:
+            self._warned_at = now
+            log.warning(
+                "MQTT broker %s still refuses the connection: %s (%d attempts); verdicts are kept in the outbox",
+                self._where,
+                reason,
+                self.attempts,
+            )
+        else:
+            log.debug(
+                "MQTT broker %s refused attempt %d: %s; retrying in %.0f s", self._where, self.attempts, reason, wait
+            )
+
+    def connected(self) -> int:
+        """Forget the refusals (the next one is news again); returns how many there were."""
+        attempts, self.attempts, self.reason = self.attempts, 0, None
+        return attempts
 
 
 class MqttPublisher:
@@ -68,6 +140,8 @@ class MqttPublisher:
         connect_wait_s: float = 3.0,
         stop_wait_s: float = 2.0,
         max_inflight: int = 1000,
+        reconnect_min_s: int = RECONNECT_MIN_S,
+        reconnect_max_s: int = RECONNECT_MAX_S,
     ) -> None:
         self.config = config
         self.station = station
@@ -103,6 +177,8 @@ class MqttPublisher:
         self._expired_rejects = 0
         self._stopping = False
 
+        # Written on paho's network thread only (start reads it after the first attempt is over).
+        self._refusals = RefusalLog(f"{config.host}:{config.port}", reconnect_min_s, reconnect_max_s)
         self._connected = threading.Event()
         self._first_attempt = threading.Event()
         self._started = False
@@ -121,7 +197,7 @@ class MqttPublisher:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.will_set(self.status_topic, OFFLINE, qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.reconnect_delay_set(min_delay=reconnect_min_s, max_delay=reconnect_max_s)
         client.max_inflight_messages_set(max_inflight)
         client.max_queued_messages_set(0)  # 0 = unlimited; the sender bounds what paho holds
         apply_security(client, config)
@@ -132,8 +208,8 @@ class MqttPublisher:
     def start(self) -> None:
         """Connect in the background; return once connected, or after `connect_wait_s` or a first failed try.
 
-        A broker that is down at start is not an error: paho keeps retrying (1 s to 30 s backoff), and the
-        outbox, including what an earlier run left in it, is sent once it connects.
+        A broker that is down at start, or refuses the login, is not an error: paho keeps retrying (1 s to 30 s
+        backoff by default), and the outbox, including what an earlier run left in it, is sent once it connects.
         """
         if self._started:
             return
@@ -146,7 +222,7 @@ class MqttPublisher:
         self._client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive_s)
         self._client.loop_start()
         self._first_attempt.wait(self._connect_wait_s)
-        if not self._connected.is_set():
+        if not self._connected.is_set() and self._refusals.attempts == 0:  # a refusal was logged with its reason
             log.warning("MQTT broker %s not reachable yet; retrying in the background, verdicts are kept", where)
 
     def publish(self, verdict: Verdict) -> None:
@@ -387,9 +463,10 @@ class MqttPublisher:
         properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
-            log.error("MQTT broker %s:%d refused the connection: %s", self.config.host, self.config.port, reason_code)
+            self._refusals.refused(str(reason_code))
             self._first_attempt.set()
             return
+        refused = self._refusals.connected()
         # On paho's network thread, so the broker's acknowledgement cannot be read before the mid is recorded.
         # Before `_connected` is set, so that a `flush` after `start` returned also waits for it.
         info = client.publish(self.status_topic, ONLINE.encode(), qos=1, retain=True)
@@ -402,7 +479,8 @@ class MqttPublisher:
             self._connected.set()
             self._changed.notify_all()
         self._first_attempt.set()
-        log.info("MQTT connected to %s:%d as %s", self.config.host, self.config.port, self.client_id)
+        after = f" after {refused} refused attempt(s)" if refused else ""
+        log.info("MQTT connected to %s:%d as %s%s", self.config.host, self.config.port, self.client_id, after)
 
     def _on_message(self, client: Client, userdata: Any, message: MQTTMessage) -> None:
         handler = self._on_command

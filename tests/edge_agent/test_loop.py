@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -13,9 +14,10 @@ from edge_agent.cameras.folder import FolderCamera
 from edge_agent.config import FolderCameraConfig
 from edge_agent.errors import CameraError, EndOfStream
 from edge_agent.frame_queue import FrameQueue
-from edge_agent.frames import Frame
+from edge_agent.frames import NO_IMAGE, Frame
 from edge_agent.geometry import Geometry
 from edge_agent.loop import InspectionLoop, LoopOptions
+from edge_agent.metrics import Metrics
 from edge_agent.model import ModelInfo
 from edge_agent.publish.fake import FakePublisher
 from edge_agent.runtimes.base import Inference
@@ -282,3 +284,111 @@ def test_idle_liveness_tick_does_not_feed_the_watchdog_while_inference_hangs() -
     assert watchdog.feeds > hung_from + 1
     stop.set()
     thread.join(10)
+
+
+# --- frames of another size, and frames that are no picture --------------------------------------
+
+
+class ScriptedCamera:
+    """Hands over the given frames, then ends like a replay."""
+
+    name = "cam0"
+    live = False
+
+    def __init__(self, images: list[np.ndarray | Frame]) -> None:
+        self._frames = [
+            item if isinstance(item, Frame) else Frame(item, i + 1, time.time(), time.monotonic(), source=f"{i + 1}")
+            for i, item in enumerate(images)
+        ]
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def grab(self, timeout_s: float) -> Frame | None:
+        if not self._frames:
+            raise EndOfStream
+        return self._frames.pop(0)
+
+
+class RecordingRuntime:
+    """Keeps the shape of every model input, scores everything 0."""
+
+    def __init__(self) -> None:
+        self.shapes: list[tuple[int, ...]] = []
+
+    def infer(self, image: np.ndarray) -> Inference:
+        self.shapes.append(image.shape)
+        return Inference(np.zeros(image.shape[:2], np.float32), 0.0)
+
+
+def test_frames_of_another_size_or_format_are_converted_to_the_model_input() -> None:
+    images: list[np.ndarray | Frame] = [
+        np.zeros((20, 30), np.uint8),  # mono, wider than the model
+        np.zeros((480, 640, 3), np.uint8),
+        np.zeros((7, 5, 4), np.uint8),  # RGBA, smaller than the model
+        np.zeros((16, 16, 1), np.uint16),  # 16-bit mono with a channel axis
+    ]
+    runtime = RecordingRuntime()
+    publisher = FakePublisher()
+    summary = InspectionLoop(ScriptedCamera(images), runtime, publisher, MODEL, LoopOptions()).run(threading.Event())
+    assert [v.verdict for v in publisher.verdicts] == ["ok"] * 4
+    assert runtime.shapes == [(16, 16, 3)] * 4
+    assert summary.counts["error"] == 0
+
+
+BAD_FRAMES: list[tuple[np.ndarray | Frame, str]] = [
+    (
+        Frame(NO_IMAGE, 2, time.time(), time.monotonic(), source="dev0", error="bad buffer from device dev0: short"),
+        "bad buffer from device dev0: short",
+    ),
+    (np.zeros((16, 16), np.float32), "float32 pixels"),
+    (np.zeros(256, np.uint8), "shape (256,)"),
+    (np.zeros((16, 16, 2), np.uint8), "shape (16, 16, 2)"),
+    (np.zeros((0, 16, 3), np.uint8), "empty (0 x 16)"),
+]
+
+
+def test_a_frame_that_is_no_picture_is_an_error_verdict_counted_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = np.zeros((16, 16, 3), np.uint8)
+    bad: list[np.ndarray | Frame] = [frame for frame, _ in BAD_FRAMES]
+    camera = ScriptedCamera([good, *bad, good])
+    publisher = FakePublisher()
+    metrics = Metrics(MODEL.version)
+    archive = Archive(tmp_path / "archive")
+    runtime = FakeRuntime(brightness)
+    loop = InspectionLoop(camera, runtime, publisher, MODEL, LoopOptions(), archive, metrics)
+    with caplog.at_level(logging.INFO, logger="edge_agent.loop"):
+        summary = loop.run(threading.Event())
+    archive.close()
+
+    verdicts = publisher.verdicts
+    assert [v.verdict for v in verdicts] == ["ok", *["error"] * len(BAD_FRAMES), "ok"]  # and the loop went on
+    assert runtime.calls == 2  # a frame that is no picture never reaches the model
+    for verdict, (_, problem) in zip(verdicts[1:-1], BAD_FRAMES, strict=True):
+        assert verdict.is_reject and verdict.score is None  # the PLC ejects a part that could not be judged
+        assert problem in (verdict.error or "")
+    assert summary.counts["error"] == len(BAD_FRAMES) and summary.camera_errors == 0
+    assert f'edge_agent_errors_total{{camera="cam0"}} {len(BAD_FRAMES)}' in metrics.render()
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(errors) == len(BAD_FRAMES)  # one line per bad frame ...
+    for record, (_, problem) in zip(errors, BAD_FRAMES, strict=True):
+        assert problem in record.getMessage()  # ... that says what was wrong with it
+    assert archive.failed == 0  # nothing to save for a frame without a picture, and no failed attempt
+
+
+def test_a_frame_the_model_failed_on_is_archived_as_8_bit_rgb(tmp_path: Path) -> None:
+    archive = Archive(tmp_path / "archive")
+    camera = ScriptedCamera([np.full((20, 30), 40_000, np.uint16)])  # 16-bit mono, as from a 16-bit PNG
+    InspectionLoop(camera, FakeRuntime(lambda image: 1 / 0), FakePublisher(), MODEL, LoopOptions(), archive).run(
+        threading.Event()
+    )
+    archive.close()
+    assert (archive.saved, archive.failed) == (1, 0)
+    (saved,) = (tmp_path / "archive").rglob("*_error.png")
+    image = cv2.imread(str(saved), cv2.IMREAD_UNCHANGED)
+    assert image is not None
+    assert image.dtype == np.uint8 and image.shape == (20, 30, 3)  # like every other archived image
+    assert int(image[0, 0, 0]) == 40_000 >> 8

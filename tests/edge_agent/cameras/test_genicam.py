@@ -3,6 +3,8 @@ device 0 draws a red ball, 1 a green one, 2 a blue one), and the pixel-format co
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import statistics
 import sys
 import threading
@@ -15,16 +17,23 @@ import numpy as np
 import pytest
 from harvesters.core import Harvester
 
+from edge_agent.cameras import genicam as genicam_module
 from edge_agent.cameras.base import Camera
-from edge_agent.cameras.genicam import GenicamCamera, resolve_cti
-from edge_agent.cameras.pixel_formats import to_rgb_or_mono
+from edge_agent.cameras.genicam import CTI_NAMED, GenicamCamera, resolve_cti
+from edge_agent.cameras.pixel_formats import BadBuffer, to_rgb_or_mono
 from edge_agent.config import GenicamCameraConfig
 from edge_agent.errors import CameraError
-from edge_agent.frames import Frame
+from edge_agent.frames import NO_IMAGE, Frame
+from edge_agent.geometry import Geometry
+from edge_agent.loop import InspectionLoop, LoopOptions
+from edge_agent.model import ModelInfo
+from edge_agent.publish.fake import FakePublisher
+from edge_agent.runtimes.fake import FakeRuntime
 
 OpenCamera = Callable[..., GenicamCamera]
 SHORT_SLEEP_S = 0.0005
 GIL_SWITCH_INTERVAL_S = sys.getswitchinterval()
+LOOP_GUARD_S = 20.0
 
 
 @pytest.fixture
@@ -151,9 +160,13 @@ def test_unknown_device_lists_the_devices_found(device: int | str) -> None:
         camera.open()
     message = str(caught.value)
     assert str(device) in message
-    for info in viky_devices():
-        assert f"serial {info['serial_number']}" in message
-        assert info["id_"] in message
+    devices = viky_devices()
+    for index, info in enumerate(devices):
+        name = info["user_defined_name"] or "-"  # viky's devices have none
+        assert f"[{index}] serial {info['serial_number']}, name {name}, id {info['id_']}, model {info['model']}" in (
+            message
+        )
+    assert "\n" not in message
     assert not camera.is_open
 
 
@@ -176,6 +189,60 @@ def test_missing_cti_names_the_path(tmp_path: Path) -> None:
     camera = GenicamCamera("gige0", GenicamCameraConfig(source="genicam", cti=str(missing)))
     with pytest.raises(CameraError, match=str(missing)):
         camera.open()
+
+
+def fake_producers(folder: Path, *names: str) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / name for name in names]
+    for path in paths:
+        path.write_bytes(b"not opened: only listed")
+    return paths
+
+
+def missing_cti_message(tmp_path: Path) -> str:
+    missing = tmp_path / "vendor" / "producer.cti"
+    camera = GenicamCamera("gige0", GenicamCameraConfig(source="genicam", cti=str(missing)))
+    with pytest.raises(CameraError) as caught:
+        camera.open()
+    message = str(caught.value)
+    assert message.startswith(f"GenTL producer (.cti) not found: {missing}; ")
+    assert "\n" not in message
+    assert message.endswith("or use cti: viky (the simulator)")
+    return message
+
+
+def test_missing_cti_lists_the_producers_on_the_gentl_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mv = fake_producers(tmp_path / "mvIMPACT" / "lib", "mvGenTLProducer.cti")
+    basler = fake_producers(tmp_path / "pylon", "ProducerGEV.cti", "ProducerU3V.cti")
+    (tmp_path / "pylon" / "readme.txt").write_text("not a producer")
+    (tmp_path / "pylon" / "old.cti").mkdir()  # a folder, whatever its name
+    gone = tmp_path / "uninstalled"
+    monkeypatch.setenv("GENICAM_GENTL64_PATH", os.pathsep.join(map(str, [mv[0].parent, gone, basler[0].parent])))
+    message = missing_cti_message(tmp_path)
+    found = ", ".join(map(str, [*mv, *basler]))
+    assert f"found: {found} (GENICAM_GENTL64_PATH), or use cti: viky" in message
+    assert "readme" not in message and "old.cti" not in message
+
+
+def test_many_producers_are_named_up_to_a_few_and_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    producers = fake_producers(tmp_path / "gentl", *(f"vendor{i}.cti" for i in range(7)))
+    monkeypatch.setenv("GENICAM_GENTL64_PATH", str(tmp_path / "gentl"))
+    message = missing_cti_message(tmp_path)
+    assert f"found: {', '.join(map(str, producers[:CTI_NAMED]))} and {7 - CTI_NAMED} more (GENICAM_GENTL64_PATH)" in (
+        message
+    )
+    assert str(producers[CTI_NAMED]) not in message
+
+
+def test_missing_cti_without_a_gentl_path_points_at_the_simulator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GENICAM_GENTL64_PATH", raising=False)
+    assert "GENICAM_GENTL64_PATH is not set; install the camera vendor's GenTL producer" in missing_cti_message(
+        tmp_path
+    )
+    monkeypatch.setenv("GENICAM_GENTL64_PATH", str(tmp_path / "empty"))
+    assert f"no .cti in GENICAM_GENTL64_PATH ({tmp_path / 'empty'})" in missing_cti_message(tmp_path)
 
 
 def test_a_file_that_is_no_producer(tmp_path: Path) -> None:
@@ -313,8 +380,78 @@ def test_unsupported_pixel_format_is_named() -> None:
 
 
 def test_buffer_of_the_wrong_size() -> None:
-    with pytest.raises(CameraError, match="does not fit"):
+    with pytest.raises(BadBuffer, match="does not fit"):
         to_rgb_or_mono(np.zeros(10, np.uint8), 4, 4, "Mono8")
+
+
+@pytest.mark.parametrize(
+    ("data", "width", "height", "pixel_format", "problem"),
+    [
+        (np.zeros(400 * 400 * 4 - 1, np.uint8), 400, 400, "RGBa8", "holds 639999 values, which does not fit 400 x 400"),
+        (np.zeros(16, np.uint8), 4, 4, "YUV422_8", "unsupported pixel format 'YUV422_8'"),
+        (np.zeros(16, np.float32), 4, 4, "Mono8", "holds float32 data, expected uint8"),
+        (np.zeros(15, np.uint8), 3, 5, "Mono12", "odd number of bytes (15)"),
+        (np.zeros(16, np.uint8), 0, 4, "Mono8", "empty image (0 x 4)"),
+    ],
+)
+def test_a_buffer_that_cannot_be_converted_says_what_is_wrong(
+    data: np.ndarray, width: int, height: int, pixel_format: str, problem: str
+) -> None:
+    with pytest.raises(BadBuffer) as caught:
+        to_rgb_or_mono(data, width, height, pixel_format)
+    assert problem in str(caught.value)
+
+
+class ShortBuffers:
+    """Cuts the buffers whose number (from 1) is in `short` to 100 bytes, as a producer losing packets would."""
+
+    def __init__(self, short: set[int]) -> None:
+        self.short = short
+        self.seen = 0
+        self._copy = genicam_module._copy_component  # the real one, before the test patches it out
+
+    def __call__(self, components: Any) -> Any:
+        copied = self._copy(components)
+        self.seen += 1
+        if self.seen in self.short and copied is not None:
+            return dataclasses.replace(copied, data=copied.data[:100])
+        return copied
+
+
+def test_a_short_buffer_is_that_frame_s_error_and_the_camera_keeps_going(
+    open_camera: OpenCamera, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(genicam_module, "_copy_component", ShortBuffers({2}))
+    camera = open_camera()
+    first, short, third = grab_frames(camera, 3)
+    assert first.error is None and third.error is None and third.image.shape == (400, 400, 3)
+    assert short.image is NO_IMAGE and short.frame_id not in (first.frame_id, third.frame_id)
+    assert short.error == f"bad buffer from device {camera.source}: RGBa8 buffer holds 100 values, which does not " + (
+        "fit 400 x 400 x 4"
+    )
+    assert camera.is_open
+
+
+def test_a_short_buffer_on_a_live_camera_is_an_error_verdict_not_a_camera_loss(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(genicam_module, "_copy_component", ShortBuffers({2, 3}))
+    camera = GenicamCamera("gige0", GenicamCameraConfig(source="genicam"))
+    camera.open()
+    publisher = FakePublisher()
+    model = ModelInfo(version="m", threshold=1.0, score_scale=1.0, geometry=Geometry(height=16, width=16))
+    stop = threading.Event()
+    guard = threading.Timer(LOOP_GUARD_S, stop.set)  # a camera taken for lost would otherwise reconnect for ever
+    guard.start()
+    try:
+        loop = InspectionLoop(camera, FakeRuntime(lambda image: 0.0), publisher, model, LoopOptions(max_frames=5))
+        summary = loop.run(stop)
+    finally:
+        guard.cancel()
+        camera.close()
+    assert [v.verdict for v in publisher.verdicts] == ["ok", "error", "error", "ok", "ok"]
+    assert "holds 100 values" in (publisher.verdicts[1].error or "")
+    assert summary.camera_errors == 0 and publisher.events == []  # no camera_lost, no reconnect
 
 
 # --- settings from the config, on the real simulator ------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -19,7 +21,7 @@ from demo.broker import Broker, free_port, run_broker, start_amqtt, start_mosqui
 from demo.collector import MqttCollector
 from edge_agent.config import MqttConfig
 from edge_agent.publish.fake import FakePublisher, MemoryStore
-from edge_agent.publish.mqtt import MqttPublisher
+from edge_agent.publish.mqtt import MqttPublisher, RefusalLog, backoff_s
 from edge_agent.publish.store import SqliteStore, StoreError, VerdictStore
 from edge_agent.verdict import ERROR, OK, REJECT, Verdict, VerdictKind
 
@@ -516,3 +518,136 @@ def test_a_message_paho_refuses_is_dropped_and_the_rest_still_go(
         publisher.publish(verdict(2))
         assert publisher.flush(5)
         assert frame_ids(collector.wait_for(1, 5)) == [2]
+
+
+# --- a broker that refuses the login --------------------------------------------------------------
+
+AUTH_USER = "line2"
+AUTH_PASSWORD = "s3cret-pass"
+REFUSED_FOR_S = 5.0
+BACKOFF_MIN_S = 1
+BACKOFF_CAP_S = 2
+MQTT_LOGGER = "edge_agent.publish.mqtt"
+
+
+@pytest.fixture
+def password_broker(tmp_path: Path) -> Iterator[Broker]:
+    """mosquitto with one user: a client giving a wrong password is refused, an anonymous one (the collector)
+    is let in."""
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), AUTH_USER, AUTH_PASSWORD], check=True, timeout=30)
+    # Started as root, mosquitto would switch to its own user, which cannot read pytest's private tmp.
+    settings = f"allow_anonymous true\npassword_file {passwd}\n" + ("user root\n" if os.geteuid() == 0 else "")
+    with start_mosquitto(listener_settings=settings) as broker:
+        yield broker
+
+
+def login_publisher(broker: Broker, store: VerdictStore, password: str, folder: Path) -> MqttPublisher:
+    password_file = folder / f"{password}.password"
+    password_file.write_text(password + "\n")
+    config = MqttConfig(
+        host=broker.host, port=broker.port, topic_prefix=PREFIX, username=AUTH_USER, password_file=password_file
+    )
+    return MqttPublisher(
+        config,
+        STATION,
+        "patchcore-lite0",
+        store,
+        reject_deadline_ms=REJECT_DEADLINE_MS,
+        connect_wait_s=1.0,
+        reconnect_min_s=BACKOFF_MIN_S,
+        reconnect_max_s=BACKOFF_CAP_S,
+    )
+
+
+def most_attempts(elapsed_s: float, min_s: float, max_s: float) -> int:
+    """Connection attempts paho's backoff allows in `elapsed_s`: one at once, then one after each wait."""
+    attempts, waited = 1, backoff_s(1, min_s, max_s)
+    while waited <= elapsed_s:
+        attempts += 1
+        waited += backoff_s(attempts, min_s, max_s)
+    return attempts
+
+
+def refusal_lines(records: list[logging.LogRecord]) -> list[logging.LogRecord]:
+    return [r for r in records if r.name == MQTT_LOGGER and "refuse" in r.getMessage()]
+
+
+def test_a_refused_login_is_logged_once_retried_with_backoff_and_keeps_the_verdicts(
+    password_broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger=MQTT_LOGGER)
+    path = tmp_path / "outbox.sqlite"
+    with SqliteStore(path, 1000) as store:
+        wrong = login_publisher(password_broker, store, "wrong-pass", tmp_path)
+        began = time.monotonic()
+        try:
+            wrong.start()
+            for i in range(3):
+                wrong.publish(verdict(i, REJECT if i == 1 else OK))
+            time.sleep(max(0.0, REFUSED_FOR_S - (time.monotonic() - began)))
+            records = list(caplog.records)
+            elapsed = time.monotonic() - began
+            assert not wrong.connected
+            assert store.count() == 4  # three verdicts and the reject of the second, all still in the outbox
+        finally:
+            wrong.stop()
+    bound = most_attempts(elapsed, BACKOFF_MIN_S, BACKOFF_CAP_S)
+    connects = [r for r in records if r.getMessage().startswith("Sending CONNECT")]
+    refusals = refusal_lines(records)
+    # Paho retried, but only as often as the capped backoff allows: no tight loop.
+    assert 2 <= len(connects) <= bound, (len(connects), bound)
+    # At most one line per refused attempt, and one warning for them all (same reason every time).
+    assert 2 <= len(refusals) <= len(connects), [r.getMessage() for r in refusals]
+    warnings = [r for r in refusals if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert "Not authorized" in warnings[0].getMessage() and "mqtt.password_file" in warnings[0].getMessage()
+    assert not any("not reachable" in r.getMessage() for r in records)  # the broker was reachable: it said no
+
+    # Nothing was lost: with the right password the next run delivers the outage's verdicts, in order.
+    with (
+        SqliteStore(path, 1000) as store,
+        MqttCollector(password_broker.host, password_broker.port, f"{BASE}/cam0/verdict") as collector,
+    ):
+        right = login_publisher(password_broker, store, AUTH_PASSWORD, tmp_path)
+        try:
+            right.start()
+            assert right.connected
+            assert right.flush(10)
+            assert frame_ids(collector.wait_for(3, 5)) == [0, 1, 2]
+        finally:
+            right.stop()
+
+
+class StepClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_refusal_log_warns_on_news_and_reminds_rarely(caplog: pytest.LogCaptureFixture) -> None:
+    clock = StepClock()
+    refusals = RefusalLog("broker:1883", BACKOFF_MIN_S, BACKOFF_CAP_S, reminder_s=600.0, clock=clock)
+    caplog.set_level(logging.DEBUG, logger=MQTT_LOGGER)
+
+    def levels_after(reason: str, seconds_later: float) -> list[str]:
+        caplog.clear()
+        clock.now += seconds_later
+        refusals.refused(reason)
+        return [r.levelname for r in caplog.records]
+
+    assert levels_after("Not authorized", 0) == ["WARNING"]
+    assert [levels_after("Not authorized", BACKOFF_CAP_S) for _ in range(50)] == [["DEBUG"]] * 50
+    assert levels_after("Server unavailable", BACKOFF_CAP_S) == ["WARNING"]  # a new reason is news
+    assert levels_after("Server unavailable", 599) == ["DEBUG"]
+    assert levels_after("Server unavailable", 1) == ["WARNING"]  # the reminder, 600 s after the last warning
+    assert "54 attempts" in caplog.text
+    assert refusals.connected() == 54
+    assert levels_after("Server unavailable", 1) == ["WARNING"]  # refused again after a connection: news again
+
+
+def test_backoff_doubles_up_to_the_cap() -> None:
+    assert [backoff_s(n, 1, 30) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+    assert most_attempts(5.0, 1, 2) == 4  # at 0, 1, 3 and 5 s
