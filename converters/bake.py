@@ -19,7 +19,7 @@ from converters.graph import OUTPUT_NAMES
 from converters.onnx import export_onnx
 from converters.openvino import to_openvino
 from converters.parity import parity_report
-from converters.quantize import quantize_openvino
+from converters.quantize import int8_scope, quantize_openvino
 from converters.tensorrt import (
     ENGINE_ON_TARGET,
     MODEL_ENGINE,
@@ -36,7 +36,7 @@ from edge_agent.runtimes.base import Runtime, infer_frame
 from edge_agent.runtimes.onnxruntime import MODEL_ONNX, OnnxRuntime
 from edge_agent.runtimes.openvino import MODEL_BIN, MODEL_XML, OpenVinoRuntime
 from trainer.bundle import MANIFEST as MODEL_MANIFEST
-from trainer.bundle import load_bundle
+from trainer.bundle import ModelManifest, load_bundle
 from trainer.metrics import image_auroc
 from trainer.predict import model_inputs, predict, read_frames
 
@@ -136,12 +136,14 @@ def _check_replaceable(out: Path) -> None:
         raise BakeError(f"--out {out} exists and is not an edge bundle; choose a new or empty folder")
 
 
-def _write_graph(model: nn.Module, geometry: Geometry, options: BakeOptions, frames: Frames, folder: Path) -> None:
+def _write_graph(model: nn.Module, source: ModelManifest, options: BakeOptions, frames: Frames, folder: Path) -> None:
+    geometry = source.geometry
     height, width = geometry.height, geometry.width
     if options.target == "openvino":
         graph = to_openvino(model, height, width)
         if options.precision == "int8":
-            graph = quantize_openvino(graph, model_inputs(frames.calibration, geometry))
+            calibration = model_inputs(frames.calibration, geometry)
+            graph = quantize_openvino(graph, calibration, int8_scope(source.model))
         ov.save_model(graph, str(folder / MODEL_XML), compress_to_fp16=options.precision == "fp16")
         return
     export_onnx(model, height, width, folder / MODEL_ONNX)
@@ -179,7 +181,7 @@ def bake(options: BakeOptions) -> EdgeManifest:
     staging = Path(tempfile.mkdtemp(prefix=".bake-", dir=options.out.parent))
     staging.chmod(BUNDLE_MODE)
     try:
-        _write_graph(model, geometry, options, frames, staging)
+        _write_graph(model, source, options, frames, staging)
         parity = _parity(model, _runtime(options, staging), frames, geometry, source.threshold)
         _check_guard(parity, options)
         source_sha = sha256_file(options.bundle / MODEL_MANIFEST)

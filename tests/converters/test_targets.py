@@ -115,7 +115,7 @@ def test_int8_guard_refuses_a_broken_quantization(
     """Plain NNCF PTQ of every layer, calibrated on blank images, wrecks PatchCore's features; the guard must
     refuse it. (Bake's own int8 scope keeps verdicts even on blank calibration, so it cannot be the culprit.)"""
 
-    def everything_on_blank_images(model: ov.Model, calibration: np.ndarray) -> ov.Model:
+    def everything_on_blank_images(model: ov.Model, calibration: np.ndarray, scope: str) -> ov.Model:
         blank = [np.zeros_like(calibration[:1])] * 4
         return nncf.quantize(model, nncf.Dataset(blank), subset_size=len(blank))
 

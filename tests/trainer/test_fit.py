@@ -30,9 +30,8 @@ def test_bundle_has_manifest_weights_and_separates_defects(pipeline: Pipeline) -
     state = torch.load(pipeline.model / "weights.pt", weights_only=True)
     assert state["bank_codes"].dtype == torch.int8
     assert state["bank_codes"].shape[0] == manifest.fit_summary["memory_bank"]
-    # The shortlist index is derived from the bank: not saved, rebuilt on load.
-    assert "shortlist_bank" not in state
-    assert model.shortlist_bank.shape == (manifest.fit_summary["memory_bank"], 32)
+    # The default search is exact: no shortlist index, in the file or in the model.
+    assert "shortlist_bank" not in state and not hasattr(model, "shortlist_bank")
     with torch.no_grad():
         prediction = model(torch.zeros(2, 128, 128, 3, dtype=torch.uint8))
     assert prediction.anomaly_map.shape == (2, 1, 128, 128)

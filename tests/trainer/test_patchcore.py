@@ -103,6 +103,18 @@ def test_a_shortlist_of_the_whole_bank_measures_every_entry(bank_quantization: s
     torch.testing.assert_close(shortlisted.anomaly_map, exact.anomaly_map, rtol=1e-4, atol=1e-3)
 
 
+def test_the_shortlist_index_is_not_saved_but_rebuilt_on_load() -> None:
+    fitted = _fitted(shortlist_dim=8)
+    state = fitted.state_dict()
+    assert "shortlist_bank" not in state  # derived from the bank
+    loaded = PatchCore(fitted.recipe)
+    for name in ("bank_codes", "bank_neighbours"):  # sized by the data, as trainer.bundle sizes them
+        setattr(loaded, name, torch.empty_like(state[name]))
+    loaded.load_state_dict(state)
+    assert loaded.shortlist_bank.shape == (200, 8)
+    torch.testing.assert_close(loaded.shortlist_bank, fitted.shortlist_bank)
+
+
 def test_a_short_shortlist_never_finds_an_entry_nearer_than_the_nearest() -> None:
     images = torch.from_numpy(_parts(2, 6))
     full = _fitted(shortlist_dim=0)
