@@ -38,6 +38,7 @@ from trainer.models import REGISTRY
 WARMUP = 20
 LATENCY_EPOCHS = 2
 BLOCK = 10  # frames per runtime in turn: noise hits all alike, without each one paying for the last one's threads
+SETTLE_S = 0.5  # past OpenMP's default 200 ms spin-wait before a runtime's turn
 TORCH = "torch eager fp32"
 BAKES = (("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "int8"), ("onnx", "fp32"))
 RUNTIME_NAMES = {"openvino": "OpenVINO", "onnx": "ONNX Runtime"}
@@ -126,13 +127,13 @@ def main() -> None:
                         t.run(frames[i % len(frames)])
                 for block in range(0, args.frames, BLOCK):
                     for t in timed:
-                        # The first run of a block only absorbs the previous runtime's idle threads, which
-                        # spin for a while after their work (OpenMP, TBB) and would be billed to this one.
-                        for i in range(block - 1, min(block + BLOCK, args.frames)):
+                        # The previous runtime's idle threads spin for a while after their work (torch's
+                        # OpenMP, ONNX Runtime's pool); on 2 cores they would be billed to this one.
+                        time.sleep(SETTLE_S)
+                        for i in range(block, min(block + BLOCK, args.frames)):
                             start = time.perf_counter()
-                            t.run(frames[max(i, 0) % len(frames)])
-                            if i >= block:
-                                ms[t].append((time.perf_counter() - start) * 1000)
+                            t.run(frames[i % len(frames)])
+                            ms[t].append((time.perf_counter() - start) * 1000)
             # Ratios are against the default recipe's torch eager and OpenVINO fp32, from these same turns.
             base = percentiles(ms[timed[0]])[0]
             ov_fp32 = next(percentiles(v)[0] for t, v in ms.items() if t.runtime == OV_FP32)
