@@ -10,6 +10,9 @@ the default recipe), medians from this one run. `--variant LABEL=RECIPE.yaml` al
 that recipe, in the same turns:
 
     .venv/bin/python bench/latency.py --models patchcore --variant exact=exact.yaml --train-images 700
+
+`--openvino-only` times the OpenVINO bakes alone, as an agent process runs them, without torch eager or ONNX
+Runtime taking turns (their thread pools cost the 2 cores something even at rest).
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ def percentiles(ms: list[float]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
-def contenders(model_name: str, data: Path, root: Path, variant: Variant) -> list[Timed]:
+def contenders(model_name: str, data: Path, root: Path, variant: Variant, openvino_only: bool) -> list[Timed]:
     bundle = root / model_name / variant.label
     recipe = variant.recipe
     if recipe is None and "epochs" in REGISTRY[model_name].recipe.model_fields:
@@ -73,8 +76,10 @@ def contenders(model_name: str, data: Path, root: Path, variant: Variant) -> lis
     model, manifest = load_bundle(bundle)
     detail = ", ".join(f"{k} {v}" for k, v in manifest.fit_summary.items() if k in ("memory_bank",))
     label = f"{model_name} ({variant.label}, {detail or f'{LATENCY_EPOCHS} training epochs'})"
-    timed = [Timed(label, TORCH, lambda frame: model(torch.from_numpy(frame[None])))]
+    timed = [] if openvino_only else [Timed(label, TORCH, lambda frame: model(torch.from_numpy(frame[None])))]
     for target, precision in BAKES:
+        if openvino_only and target != "openvino":
+            continue
         edge = bundle.with_name(f"{variant.label}-{target}-{precision}")
         try:
             bake(BakeOptions(bundle=bundle, out=edge, target=target, precision=precision))
@@ -105,6 +110,11 @@ def main() -> None:
         default=[],
         help="LABEL=RECIPE.yaml: also time the model fitted with this recipe, in the same turns (one model only)",
     )
+    parser.add_argument(
+        "--openvino-only",
+        action="store_true",
+        help="time only the OpenVINO bakes: no torch or ONNX Runtime threads in the process",
+    )
     args = parser.parse_args()
     models = args.models.split(",")
     if args.variant and len(models) > 1:
@@ -116,7 +126,7 @@ def main() -> None:
         paths = sorted(p for kind in (data / "test").iterdir() for p in list_images(kind))
         rows = []
         for name in models:
-            timed = [t for v in variants for t in contenders(name, data, root, v)]
+            timed = [t for v in variants for t in contenders(name, data, root, v, args.openvino_only)]
             # Squash geometry at the model's size: one graph run per frame.
             geometry = load_bundle(root / name / "default")[1].geometry
             frames = [prepare(read_image(p), geometry).inputs[0] for p in paths]
@@ -135,13 +145,13 @@ def main() -> None:
                             t.run(frames[i % len(frames)])
                             ms[t].append((time.perf_counter() - start) * 1000)
             # Ratios are against the default recipe's torch eager and OpenVINO fp32, from these same turns.
-            base = percentiles(ms[timed[0]])[0]
+            base = next((percentiles(v)[0] for t, v in ms.items() if t.runtime == TORCH), None)
             ov_fp32 = next(percentiles(v)[0] for t, v in ms.items() if t.runtime == OV_FP32)
             for t, values in ms.items():
                 p50, p99 = percentiles(values)
                 rows.append(
                     f"| {t.model} | {t.runtime} | {p50:.2f} | {p99:.2f} | {1000 / p50:.0f} | "
-                    f"{base / p50:.2f}x | {ov_fp32 / p50:.2f}x |"
+                    f"{'-' if base is None else f'{base / p50:.2f}x'} | {ov_fp32 / p50:.2f}x |"
                 )
     print(f"256x256, batch 1, {torch.get_num_threads()} threads, {args.frames} frames after {WARMUP} warm-up\n")
     print("| model | runtime | p50 ms | p99 ms | frames/s (1/p50) | vs torch (p50) | vs OpenVINO fp32 (p50) |")
