@@ -36,7 +36,8 @@ from edge_agent.runtimes.base import Runtime, infer_frame
 from edge_agent.runtimes.onnxruntime import MODEL_ONNX, OnnxRuntime
 from edge_agent.runtimes.openvino import MODEL_BIN, MODEL_XML, OpenVinoRuntime
 from trainer.bundle import MANIFEST as MODEL_MANIFEST
-from trainer.bundle import ModelManifest, load_bundle
+from trainer.bundle import ModelManifest, TrainingSet, load_bundle
+from trainer.data.layouts import DataError, discover
 from trainer.metrics import image_auroc
 from trainer.predict import model_inputs, predict, read_frames
 
@@ -81,6 +82,7 @@ class BakeOptions:
 class Frames:
     validation: list[np.ndarray]  # good images the parity and the guard are measured on
     calibration: list[np.ndarray]
+    calibration_source: str  # edge_agent.bundle.Calibration.source
     defects: list[np.ndarray]
 
 
@@ -105,14 +107,40 @@ def _read_folder(folder: Path, option: str) -> list[np.ndarray]:
     return frames
 
 
-def _frames(validation: list[str], options: BakeOptions) -> Frames:
-    paths = [Path(p) for p in validation if Path(p).is_file()]
-    calibration = _read_folder(options.calib, "--calib") if options.calib is not None else None
+def _training_goods(training: TrainingSet) -> list[Path]:
+    """The good images the bundle was fitted on, less the validation images, when the data set is on this
+    machine: int8 calibrates on these, so the guard judges images the calibration never saw."""
+    try:
+        data = discover(Path(training.root), training.category)
+    except DataError:
+        return []
+    judged = set(training.validation)
+    goods = [p for p in data.train if str(p.resolve()) not in judged]
+    step = max(1, len(goods) // MAX_CALIBRATION_IMAGES)  # spread over the whole set, not its first files
+    return goods[::step][:MAX_CALIBRATION_IMAGES]
+
+
+def _calibration(training: TrainingSet, options: BakeOptions, good: list[np.ndarray]) -> tuple[list[np.ndarray], str]:
+    if options.calib is not None:
+        return _read_folder(options.calib, "--calib")[:MAX_CALIBRATION_IMAGES], "--calib"
+    paths = _training_goods(training)
+    frames, _, _ = read_frames(paths) if len(paths) >= MIN_CALIBRATION_IMAGES else ([], [], [])
+    if len(frames) >= MIN_CALIBRATION_IMAGES:
+        return frames, "training images"
+    log.warning(
+        "the bundle's training images are not on this machine: calibrating on the validation images, which the "
+        "accuracy guard then judges too; pass --calib DIR with other images of good parts for an independent check"
+    )
+    return good, "validation images"
+
+
+def _frames(training: TrainingSet, options: BakeOptions) -> Frames:
+    paths = [Path(p) for p in training.validation if Path(p).is_file()]
     if paths:
         good, _, _ = read_frames(paths[:MAX_PARITY_IMAGES])
-    elif calibration is not None:
+    elif options.calib is not None:
         log.warning("the bundle's validation images are not on this machine; checking parity on --calib images")
-        good = calibration[:MAX_PARITY_IMAGES]
+        good = _read_folder(options.calib, "--calib")[:MAX_PARITY_IMAGES]
     else:
         raise BakeError(
             "the bundle's validation images are not on this machine; pass --calib DIR with images of good parts"
@@ -120,14 +148,17 @@ def _frames(validation: list[str], options: BakeOptions) -> Frames:
     if not good:
         raise BakeError("none of the validation images could be read; pass --calib DIR with images of good parts")
     defects = _read_folder(options.defects, "--defects") if options.defects is not None else []
-    frames = Frames(good, (calibration or good)[:MAX_CALIBRATION_IMAGES], defects)
-    if options.precision == "int8" and len(frames.calibration) < MIN_CALIBRATION_IMAGES:
-        source = f"--calib {options.calib}" if options.calib is not None else "the bundle's validation images"
+    if options.precision != "int8":
+        return Frames(good, [], "", defects)
+    calibration, source = _calibration(training, options, good)
+    if len(calibration) < MIN_CALIBRATION_IMAGES:
+        given = f"--calib {options.calib}" if options.calib is not None else "the bundle's validation images"
         raise BakeError(
-            f"int8 needs at least {MIN_CALIBRATION_IMAGES} good images to calibrate on; {source} gave "
-            f"{len(frames.calibration)}; pass --calib DIR with more images of good parts"
+            f"int8 needs at least {MIN_CALIBRATION_IMAGES} good images to calibrate on; {given} gave "
+            f"{len(calibration)}; pass --calib DIR with more images of good parts"
         )
-    return frames
+    log.info("calibrating int8 on %d good images (%s)", len(calibration), source)
+    return Frames(good, calibration, source, defects)
 
 
 def _check_replaceable(out: Path) -> None:
@@ -173,7 +204,7 @@ def bake(options: BakeOptions) -> EdgeManifest:
     _check_target(options)
     _check_replaceable(options.out)
     model, source = load_bundle(options.bundle)
-    frames = _frames(source.training_set.validation, options)
+    frames = _frames(source.training_set, options)
     geometry = source.geometry
 
     # Write into a temporary folder first, so a failed bake never leaves a half-written bundle behind.
@@ -198,6 +229,11 @@ def bake(options: BakeOptions) -> EdgeManifest:
                 "threshold": source.threshold,
                 "score_scale": source.threshold,
                 "parity": parity.model_dump(),
+                "calibration": (
+                    {"source": frames.calibration_source, "images": len(frames.calibration)}
+                    if frames.calibration
+                    else None
+                ),
                 "source_bundle_sha256": source_sha,
                 "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "files": _baked_files(staging),

@@ -26,7 +26,8 @@ def bake_command(
     target: Annotated[str, typer.Option(help="openvino | onnx | tensorrt")] = "openvino",
     precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8 (int8: openvino)")] = "fp32",
     calib: Annotated[
-        Path | None, typer.Option(help="images of good parts to calibrate int8 on (default: the bundle's own)")
+        Path | None,
+        typer.Option(help="images of good parts to calibrate int8 on (default: the bundle's training images)"),
     ] = None,
     defects: Annotated[
         Path | None, typer.Option(help="images of defective parts: parity and the int8 guard also check AUROC")

@@ -49,6 +49,14 @@ class Parity(Strict):
     auroc_baked: float | None = None
 
 
+class Calibration(Strict):
+    """The good images a reduced-precision graph was calibrated on; never the ones its guard judged, unless
+    nothing else was at hand."""
+
+    source: Literal["--calib", "training images", "validation images"]
+    images: int
+
+
 class EdgeManifest(Strict):
     format_version: int
     model: str  # model type, e.g. patchcore
@@ -61,6 +69,7 @@ class EdgeManifest(Strict):
     threshold: float
     score_scale: float  # score / score_scale == 1.0 at the threshold
     parity: Parity
+    calibration: Calibration | None = None  # int8 only
     source_bundle_sha256: str
     created_at: str
     files: dict[str, str]

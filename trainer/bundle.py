@@ -47,6 +47,7 @@ class TrainingSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
     root: str
     layout: str
+    category: str | None = None  # fit's --category: with root, where bake finds the training images again
     count: int
     skipped: list[str]
     sha256: str

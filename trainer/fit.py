@@ -258,6 +258,7 @@ def fit(options: FitOptions) -> ModelManifest:
         "training_set": {
             "root": str(options.data.resolve()) if options.data.exists() else str(options.data),
             "layout": data.layout,
+            "category": options.category,
             "count": len(learned),
             "skipped": [str(p) for p in skipped],
             "sha256": _files_hash([paths[i] for i in learned]),

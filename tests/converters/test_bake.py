@@ -10,13 +10,14 @@ import pytest
 import torch
 from pipeline import Pipeline
 
-from converters.bake import BakeError, BakeOptions, bake
+import converters.bake
+from converters.bake import BakeError, BakeOptions, Frames, bake
 from edge_agent.bundle import load_edge_bundle
 from edge_agent.errors import BundleError
 from edge_agent.geometry import Geometry, prepare
 from edge_agent.imageio import list_images, read_image
 from edge_agent.runtimes.openvino import OpenVinoRuntime
-from trainer.bundle import load_bundle
+from trainer.bundle import load_bundle, read_manifest
 
 FP32_REL_TOLERANCE = 1e-3
 FP32_MIN_SPEARMAN = 0.9999
@@ -110,3 +111,23 @@ def test_bake_never_replaces_a_folder_that_is_not_an_edge_bundle(pipeline: Pipel
     with pytest.raises(BakeError, match="exists and is not an edge bundle"):
         bake(BakeOptions(bundle=pipeline.model, out=precious))
     assert (precious / "keep.txt").read_text() == "not a bundle"
+
+
+def _int8_frames(pipeline: Pipeline, root: str) -> Frames:
+    training = read_manifest(pipeline.model).training_set.model_copy(update={"root": root})
+    return converters.bake._frames(training, BakeOptions(bundle=pipeline.model, out=Path("e"), precision="int8"))
+
+
+def test_int8_calibrates_on_training_images_the_guard_does_not_judge(pipeline: Pipeline) -> None:
+    frames = _int8_frames(pipeline, str(pipeline.data))
+    assert frames.calibration_source == "training images"
+    judged = {image.tobytes() for image in frames.validation}
+    assert len(frames.calibration) == 48 and not judged & {image.tobytes() for image in frames.calibration}
+
+
+def test_int8_calibrates_on_the_validation_images_when_the_training_images_are_gone(
+    pipeline: Pipeline, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    frames = _int8_frames(pipeline, str(tmp_path / "moved"))
+    assert frames.calibration_source == "validation images" and len(frames.calibration) == len(frames.validation)
+    assert "the accuracy guard then judges too" in caplog.text

@@ -15,7 +15,7 @@ from pipeline import TEST_SIZE, Pipeline
 import converters.bake
 from converters.bake import BakeError, BakeOptions, Guard, bake
 from converters.tensorrt import tensorrt_available
-from edge_agent.bundle import load_edge_bundle
+from edge_agent.bundle import Calibration, load_edge_bundle
 from edge_agent.config import ModelConfig
 from edge_agent.geometry import Geometry, prepare
 from edge_agent.imageio import list_images, read_image
@@ -75,6 +75,8 @@ def test_baked_model_follows_torch_in_the_agent_runtime(
         manifest = bake(options)
     parity = manifest.parity
     if precision == "int8":
+        # 60 good images, 12 of them validation: the guard's images are not the 48 calibrated on.
+        assert manifest.calibration == Calibration(source="training images", images=48)
         assert parity.spearman >= INT8_MIN_SPEARMAN_TINY
         assert parity.verdict_agreement >= INT8_MIN_AGREEMENT
         assert parity.auroc_baked == parity.auroc_reference
