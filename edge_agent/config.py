@@ -110,6 +110,10 @@ class MqttConfig(Strict):
     topic_prefix: str = "inspect"
     client_id: str | None = None
     keepalive_s: int = Field(default=30, ge=5)
+    # Reconnect backoff: the wait doubles after each failed attempt, from the min to the max. Whole seconds: paho
+    # counts them as ints.
+    reconnect_min_s: int = Field(default=1, gt=0)
+    reconnect_max_s: int = Field(default=30, gt=0)
     flush_timeout_s: float = Field(default=10.0, gt=0, description="how long a clean stop waits for delivery")
     # The outbox: verdicts wait in outbox-<camera>.sqlite in this folder until the broker acknowledged them,
     # across broker outages and agent restarts. Unset: systemd's StateDirectory, else ~/.local/state/edge-agent.
@@ -124,6 +128,15 @@ class MqttConfig(Strict):
     def _password_needs_user(self) -> MqttConfig:
         if self.password_file is not None and self.username is None:
             raise ValueError("password_file needs username")
+        return self
+
+    @model_validator(mode="after")
+    def _backoff_grows(self) -> MqttConfig:
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError(
+                f"reconnect_min_s ({self.reconnect_min_s}) is above reconnect_max_s ({self.reconnect_max_s}); "
+                "the backoff starts at the min and stops growing at the max"
+            )
         return self
 
 

@@ -36,6 +36,9 @@ class Frame:
     # Set (and `image` is NO_IMAGE) when the camera delivered a buffer that is not a picture: the part in front
     # of the camera still gets a verdict, `error`, instead of the camera being taken for lost.
     error: str | None = None
+    # The device's own frame counter, where it gives one: it restarts when the camera is reopened, so `frame_id`
+    # (the agent's count, which never does) is the key; this one is for matching against the device's count.
+    camera_frame_id: int | None = None
 
 
 def image_problem(image: object) -> str | None:

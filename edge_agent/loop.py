@@ -6,6 +6,7 @@ Built from injected parts (camera, runtime, publisher, archive), so tests can sw
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -20,6 +21,7 @@ from edge_agent.errors import CameraError, EndOfStream
 from edge_agent.frame_queue import FrameQueue
 from edge_agent.frames import Frame, image_problem
 from edge_agent.geometry import Combined, combine, prepare
+from edge_agent.log_throttle import LogThrottle
 from edge_agent.metrics import CAMERA_CONNECTED, DROPPED, Metrics
 from edge_agent.model import LoadedModel, ModelInfo
 from edge_agent.preprocess import to_uint8_rgb
@@ -36,6 +38,11 @@ RECONNECT_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 STAGES = ("acquire", "preprocess", "infer", "postprocess", "publish")
 # Latency medians cover the most recent frames only, so months of running use constant memory.
 LATENCY_WINDOW = 10_000
+# A camera sending only bad buffers fails every frame, 30 a second: after a kind of error is logged, its repeats
+# are held back this long; the next one logged then tells how many were.
+ERROR_LOG_INTERVAL_S = 60.0
+# Numbers in an error (a short buffer's size, a shape) vary between frames with the same fault: not a new kind.
+_NUMBERS = re.compile(r"\d+")
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,7 @@ class InspectionLoop:
         self._paused = threading.Event()
         # Set by the inference thread while it judges a frame; read by the acquisition thread's liveness tick.
         self._judging = False
+        self._error_log = LogThrottle(ERROR_LOG_INTERVAL_S)  # the inference thread's only
         if metrics is not None:
             metrics.watch(DROPPED, camera.name, lambda: self._queue.dropped)
             metrics.watch(CAMERA_CONNECTED, camera.name, lambda: self._camera_connected)
@@ -275,7 +283,7 @@ class InspectionLoop:
             except Exception as exc:  # any failure on one frame must become a fail-safe verdict, not a crash
                 error = f"{type(exc).__name__}: {exc}"
         if error is not None:
-            log.error("%s frame %d ERROR (%s): %s", self.camera.name, frame.frame_id, frame.source, error)
+            self._log_error(frame, error)
         t3 = time.monotonic()
         # A stage that raised is charged the time up to the failure; the stages after it none.
         t1 = t3 if t1 is None else t1
@@ -298,6 +306,7 @@ class InspectionLoop:
             regions=regions,
             error=error,
             source=frame.source,
+            camera_frame_id=frame.camera_frame_id,
             reject_on_error=self.options.error_is_reject,
         )
         t4 = time.monotonic()
@@ -317,6 +326,24 @@ class InspectionLoop:
             self._snapshot(verdict, frame, result, info, snapshot, unreadable)
         elif publish and unreadable is None and self.archive is not None and self.archive.wants(verdict):
             self.archive.submit(_archive_item(verdict, frame, result, info))
+
+    def _log_error(self, frame: Frame, error: str) -> None:
+        """An ERROR line for the first frame failing with each kind of error, then at most one per interval;
+        the repeats in between are debug lines. Only the log is throttled: every frame keeps its verdict."""
+        admitted = self._error_log.admit(_NUMBERS.sub("#", error))
+        if admitted is None:
+            log.debug("%s frame %d ERROR (%s): %s", self.camera.name, frame.frame_id, frame.source, error)
+            return
+        log.error(
+            "%s frame %d ERROR (%s): %s%s",
+            self.camera.name,
+            frame.frame_id,
+            frame.source,
+            error,
+            f" ({admitted.held_back} more like it since the last such line, logged at debug level only)"
+            if admitted.held_back
+            else "",
+        )
 
     def _snapshot(
         self,
@@ -354,7 +381,7 @@ class InspectionLoop:
         if self.watchdog is not None and verdict.verdict != ERROR:
             self.watchdog.feed()
         if verdict.verdict == ERROR:
-            return  # `_inspect` logged it, with what went wrong
+            return  # `_inspect` logged it (throttled), with what went wrong
         level = logging.DEBUG if verdict.verdict == OK else logging.INFO
         log.log(
             level,

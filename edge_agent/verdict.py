@@ -27,6 +27,7 @@ class Verdict:
     regions: list[dict[str, float]] = field(default_factory=list)  # reject boxes in frame pixels
     error: str | None = None
     source: str = ""
+    camera_frame_id: int | None = None  # the device's own count (restarts on reconnect), where it gives one
     reject_on_error: bool = True  # config, not payload
 
     @property
@@ -42,6 +43,8 @@ class Verdict:
     def reject_payload(self) -> bytes:
         small = {
             "frame_id": self.frame_id,
+            # A PLC on a hardware trigger may count parts by the device's frame count.
+            "camera_frame_id": self.camera_frame_id,
             "captured_at": self.captured_at,
             "verdict": self.verdict,
             "late": self.late,

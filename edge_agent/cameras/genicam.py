@@ -144,6 +144,8 @@ class GenicamCamera:
         self._acquirer: Any | None = None
         self._software_trigger = False
         self._trigger_pacer = Pacer(config.trigger_rate_hz)
+        # The agent's frame count: never reset by a reopen, where the device's own count starts over, so the
+        # line never sees a frame id twice from one run.
         self._frames = 0
 
     @property
@@ -197,7 +199,6 @@ class GenicamCamera:
             raise CameraUnavailable(
                 f"camera {self.name}: could not start acquisition on device {self.source}: {e}"
             ) from e
-        self._frames = 0
         logger.info("camera %s: device %s of %s open, trigger %s", self.name, self.source, cti, self.config.trigger)
 
     def _configure(self, node_map: Any) -> None:
@@ -304,7 +305,7 @@ class GenicamCamera:
             captured_at = time.time()
             captured_mono = time.monotonic()
             with buffer:
-                frame_id = _optional_int(buffer.module, "frame_id")
+                camera_frame_id = _optional_int(buffer.module, "frame_id")
                 camera_timestamp = _optional_int(buffer.module, "timestamp")
                 if camera_timestamp is None:
                     camera_timestamp = _optional_int(buffer.module, "timestamp_ns")
@@ -321,12 +322,13 @@ class GenicamCamera:
         self._frames += 1
         return Frame(
             image=image,
-            frame_id=self._frames if frame_id is None else frame_id,
+            frame_id=self._frames,
             captured_at=captured_at,
             captured_mono=captured_mono,
             camera_timestamp=camera_timestamp,
             source=self.source,
             error=error,
+            camera_frame_id=camera_frame_id,
         )
 
     def _convert(self, component: _Component | None) -> tuple[np.ndarray, str | None]:

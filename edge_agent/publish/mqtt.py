@@ -29,6 +29,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.config import MqttConfig
+from edge_agent.log_throttle import LogThrottle
 from edge_agent.publish.security import apply_security
 from edge_agent.publish.store import (
     EVENT_MESSAGE,
@@ -52,11 +53,8 @@ COMMAND_QOS = 1
 STORE_RETRY_S = 1.0  # after a failed outbox read or delete (disk full, I/O error)
 # Rows read per outbox query: a read holds the store's lock, which the loop's `publish` also needs.
 PEEK_BATCH = 100
-# Paho's reconnect backoff: the wait doubles after each failed attempt, from the first to the cap.
-RECONNECT_MIN_S = 1
-RECONNECT_MAX_S = 30
-# A broker that refuses the login refuses every retry the same way, all night: the first refusal (and a new
-# reason) is a warning with the fix, the repeats are debug lines, with a reminder this often.
+# A broker that refuses the login refuses every retry the same way, all night: the first refusal for each
+# reason is a warning with the fix, the repeats are debug lines, with a reminder this often.
 REFUSAL_REMINDER_S = 600.0
 # Refusals a username/password or ACL fix cures (MQTT 3.1.1 return codes 4 and 5, as paho names them).
 CREDENTIAL_REFUSALS = frozenset({"Bad user name or password", "Not authorized"})
@@ -69,9 +67,10 @@ def backoff_s(attempt: int, min_s: float, max_s: float) -> float:
 
 
 class RefusalLog:
-    """Logs the broker's refusals of the connection: a warning for the first and for a new reason, a debug line
-    for a repeat, and a warning reminder at most every `reminder_s`. So a wrong password is one warning per
-    reason, not one line per retry, and a stale one is still mentioned now and then."""
+    """Logs the broker's refusals of the connection: a warning for the first of each reason, a debug line for a
+    repeat, and a warning reminder per reason at most every `reminder_s`. So a wrong password is one warning, not
+    one line per retry, and a stale one is still mentioned now and then; a broker alternating between two reasons
+    gives one warning for each, not one per retry."""
 
     def __init__(
         self,
@@ -84,19 +83,18 @@ class RefusalLog:
         self._where = where
         self._min_s = min_s
         self._max_s = max_s
-        self._reminder_s = reminder_s
-        self._clock = clock
+        self._throttle = LogThrottle(reminder_s, clock)
         self.attempts = 0  # refusals in a row, since the last successful connection
-        self.reason: str | None = None
-        self._warned_at = 0.0
 
     def refused(self, reason: str) -> None:
         self.attempts += 1
-        now = self._clock()
         wait = backoff_s(self.attempts, self._min_s, self._max_s)
-        if reason != self.reason:
-            self.reason = reason
-            self._warned_at = now
+        admitted = self._throttle.admit(reason)
+        if admitted is None:
+            log.debug(
+                "MQTT broker %s refused attempt %d: %s; retrying in %.0f s", self._where, self.attempts, reason, wait
+            )
+        elif admitted.first:
             hint = f"{CREDENTIAL_HINT}; " if reason in CREDENTIAL_REFUSALS else ""
             log.warning(
                 "MQTT broker %s refused the connection: %s; %sretrying in %.0f s (backoff up to %.0f s), "
@@ -107,22 +105,18 @@ class RefusalLog:
                 wait,
                 self._max_s,
             )
-        elif now - self._warned_at >= self._reminder_s:
-            self._warned_at = now
+        else:
             log.warning(
                 "MQTT broker %s still refuses the connection: %s (%d attempts); verdicts are kept in the outbox",
                 self._where,
                 reason,
                 self.attempts,
             )
-        else:
-            log.debug(
-                "MQTT broker %s refused attempt %d: %s; retrying in %.0f s", self._where, self.attempts, reason, wait
-            )
 
     def connected(self) -> int:
         """Forget the refusals (the next one is news again); returns how many there were."""
-        attempts, self.attempts, self.reason = self.attempts, 0, None
+        attempts, self.attempts = self.attempts, 0
+        self._throttle.reset()
         return attempts
 
 
@@ -140,8 +134,6 @@ class MqttPublisher:
         connect_wait_s: float = 3.0,
         stop_wait_s: float = 2.0,
         max_inflight: int = 1000,
-        reconnect_min_s: int = RECONNECT_MIN_S,
-        reconnect_max_s: int = RECONNECT_MAX_S,
     ) -> None:
         self.config = config
         self.station = station
@@ -178,7 +170,7 @@ class MqttPublisher:
         self._stopping = False
 
         # Written on paho's network thread only (start reads it after the first attempt is over).
-        self._refusals = RefusalLog(f"{config.host}:{config.port}", reconnect_min_s, reconnect_max_s)
+        self._refusals = RefusalLog(f"{config.host}:{config.port}", config.reconnect_min_s, config.reconnect_max_s)
         self._connected = threading.Event()
         self._first_attempt = threading.Event()
         self._started = False
@@ -197,7 +189,7 @@ class MqttPublisher:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.will_set(self.status_topic, OFFLINE, qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=reconnect_min_s, max_delay=reconnect_max_s)
+        client.reconnect_delay_set(min_delay=config.reconnect_min_s, max_delay=config.reconnect_max_s)
         client.max_inflight_messages_set(max_inflight)
         client.max_queued_messages_set(0)  # 0 = unlimited; the sender bounds what paho holds
         apply_security(client, config)
@@ -208,8 +200,9 @@ class MqttPublisher:
     def start(self) -> None:
         """Connect in the background; return once connected, or after `connect_wait_s` or a first failed try.
 
-        A broker that is down at start, or refuses the login, is not an error: paho keeps retrying (1 s to 30 s
-        backoff by default), and the outbox, including what an earlier run left in it, is sent once it connects.
+        A broker that is down at start, or refuses the login, is not an error: paho keeps retrying (with a backoff
+        from mqtt.reconnect_min_s to mqtt.reconnect_max_s), and the outbox, including what an earlier run left in
+        it, is sent once it connects.
         """
         if self._started:
             return

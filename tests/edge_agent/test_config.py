@@ -103,6 +103,8 @@ def test_half_configured_security_names_what_is_missing(tmp_path: Path, extra: s
         ("  device: CPU ", "  device: TPU ", "field 'model.device'"),
         ("version: 1", "version: 7", "field 'version'"),
         ("  port: 1883", "  port: 1883\n  store_max_messages: 0", "field 'mqtt.store_max_messages'"),
+        ("  port: 1883", "  port: 1883\n  reconnect_min_s: 0", "field 'mqtt.reconnect_min_s'"),
+        ("  port: 1883", "  port: 1883\n  reconnect_max_s: -5", "field 'mqtt.reconnect_max_s'"),
         ("    source: folder", "    source: usb", "field 'cameras.cam0'"),
     ],
 )
@@ -110,6 +112,14 @@ def test_bad_fields_are_named(tmp_path: Path, old: str, new: str, message: str) 
     assert old in DESIGN_MINIMAL
     with pytest.raises(AgentError, match=message):
         load_config(write(tmp_path, DESIGN_MINIMAL.replace(old, new)))
+
+
+def test_the_reconnect_backoff_defaults_and_a_min_above_the_max_is_refused(tmp_path: Path) -> None:
+    mqtt = load_config(write(tmp_path, DESIGN_MINIMAL)).mqtt
+    assert (mqtt.reconnect_min_s, mqtt.reconnect_max_s) == (1, 30)
+    backoff = "  port: 1883\n  reconnect_min_s: 60\n  reconnect_max_s: 30"
+    with pytest.raises(AgentError, match=r"field 'mqtt': .*reconnect_min_s \(60\) is above reconnect_max_s \(30\)"):
+        load_config(write(tmp_path, DESIGN_MINIMAL.replace("  port: 1883", backoff)))
 
 
 def test_unknown_camera_lists_known_ones(tmp_path: Path) -> None:

@@ -337,6 +337,17 @@ def test_frames_of_another_size_or_format_are_converted_to_the_model_input() -> 
     assert summary.counts["error"] == 0
 
 
+def test_the_verdict_carries_the_device_s_frame_id() -> None:
+    image = np.zeros((16, 16, 3), np.uint8)
+    frames: list[np.ndarray | Frame] = [
+        Frame(image, 1, time.time(), time.monotonic(), camera_frame_id=41),
+        Frame(image, 2, time.time(), time.monotonic()),  # a device without frame ids
+    ]
+    publisher = FakePublisher()
+    InspectionLoop(ScriptedCamera(frames), RecordingRuntime(), publisher, MODEL, LoopOptions()).run(threading.Event())
+    assert [(v.frame_id, v.camera_frame_id) for v in publisher.verdicts] == [(1, 41), (2, None)]
+
+
 BAD_FRAMES: list[tuple[np.ndarray | Frame, str]] = [
     (
         Frame(NO_IMAGE, 2, time.time(), time.monotonic(), source="dev0", error="bad buffer from device dev0: short"),
@@ -392,3 +403,21 @@ def test_a_frame_the_model_failed_on_is_archived_as_8_bit_rgb(tmp_path: Path) ->
     assert image is not None
     assert image.dtype == np.uint8 and image.shape == (20, 30, 3)  # like every other archived image
     assert int(image[0, 0, 0]) == 40_000 >> 8
+
+
+def test_a_camera_sending_only_bad_buffers_is_one_error_line_not_one_per_frame(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    frames: list[np.ndarray | Frame] = [
+        Frame(NO_IMAGE, i, time.time(), time.monotonic(), error=f"bad buffer from device dev0: holds {i * 7} values")
+        for i in range(1, 31)
+    ]
+    publisher = FakePublisher()
+    loop = InspectionLoop(ScriptedCamera(frames), RecordingRuntime(), publisher, MODEL, LoopOptions())
+    with caplog.at_level(logging.DEBUG, logger="edge_agent.loop"):
+        summary = loop.run(threading.Event())
+    assert [v.verdict for v in publisher.verdicts] == ["error"] * 30 and summary.counts["error"] == 30
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(errors) == 1 and "holds 7 values" in errors[0]  # the sizes differ, the fault is the same
+    held_back = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG and "ERROR" in r.getMessage()]
+    assert len(held_back) == 29  # still there for whoever turns on debug logging

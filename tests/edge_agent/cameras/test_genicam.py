@@ -304,6 +304,39 @@ def test_close_is_idempotent_and_grab_after_close_fails() -> None:
         camera.close()
 
 
+class DeviceFrameIds:
+    """Records the frame ids the producer gives, as the camera reads them (the real reader, spied on)."""
+
+    def __init__(self) -> None:
+        self.seen: list[int | None] = []
+        self._read = genicam_module._optional_int
+
+    def __call__(self, module: Any, attribute: str) -> int | None:
+        value = self._read(module, attribute)
+        if attribute == "frame_id":
+            self.seen.append(value)
+        return value
+
+
+def test_frame_ids_keep_counting_across_a_reopen(monkeypatch: pytest.MonkeyPatch) -> None:
+    device_ids = DeviceFrameIds()
+    monkeypatch.setattr(genicam_module, "_optional_int", device_ids)
+    camera = GenicamCamera("gige0", GenicamCameraConfig(source="genicam"))
+    camera.open()
+    try:
+        before = grab_frames(camera, 3)
+        camera.close()  # what the loop's reconnect does
+        camera.open()
+        after = grab_frames(camera, 3)
+    finally:
+        camera.close()
+    frames = before + after
+    assert [f.frame_id for f in frames] == [1, 2, 3, 4, 5, 6]
+    assert [f.camera_frame_id for f in frames] == device_ids.seen
+    # viky counts from the start again once reopened: the duplicates the agent's own frame id avoids.
+    assert device_ids.seen[3:] == device_ids.seen[:3]
+
+
 # --- pixel formats, no camera -----------------------------------------------------------------
 
 

@@ -59,6 +59,18 @@ def test_a_looping_replay_starts_over_with_growing_frame_ids(tmp_path: Path) -> 
     assert frames[5] is not None and frames[5].source == "line.avi#1"
 
 
+def test_a_reopened_replay_starts_its_file_over_but_not_its_frame_ids(tmp_path: Path) -> None:
+    cam = camera(write_video(tmp_path / "line.avi", LEVELS))
+    first = cam.grab(1.0)
+    cam.close()  # what the loop's reconnect does
+    cam.open()
+    again = cam.grab(1.0)
+    cam.close()
+    assert first is not None and again is not None
+    assert (first.frame_id, again.frame_id) == (1, 2)
+    assert first.source == again.source == "line.avi#1"
+
+
 def test_a_missing_or_unreadable_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(CameraError, match="does not exist"):
         camera(tmp_path / "nothing.mp4")

@@ -41,6 +41,7 @@ PAYLOAD_KEYS = {
     "verdict",
     "model",
     "regions",
+    "camera_frame_id",
 }
 
 MakePublisher = Callable[..., MqttPublisher]
@@ -140,7 +141,7 @@ def test_reject_topic_only_for_reject_and_error(mqtt_broker: Broker, make_publis
     verdicts = [json.loads(p) for _, p, _ in collector.on(f"{BASE}/cam0/verdict")]
     assert [v["frame_id"] for v in verdicts] == [0, 1, 2, 3, 4]
     assert [(r["frame_id"], r["verdict"]) for r in rejects] == [(1, "reject"), (3, "error")]
-    assert {"frame_id", "captured_at"} <= rejects[0].keys()
+    assert {"frame_id", "camera_frame_id", "captured_at"} <= rejects[0].keys()
     assert len(collector.messages) == 1 + 5 + 2
 
 
@@ -546,17 +547,16 @@ def login_publisher(broker: Broker, store: VerdictStore, password: str, folder: 
     password_file = folder / f"{password}.password"
     password_file.write_text(password + "\n")
     config = MqttConfig(
-        host=broker.host, port=broker.port, topic_prefix=PREFIX, username=AUTH_USER, password_file=password_file
-    )
-    return MqttPublisher(
-        config,
-        STATION,
-        "patchcore-lite0",
-        store,
-        reject_deadline_ms=REJECT_DEADLINE_MS,
-        connect_wait_s=1.0,
+        host=broker.host,
+        port=broker.port,
+        topic_prefix=PREFIX,
+        username=AUTH_USER,
+        password_file=password_file,
         reconnect_min_s=BACKOFF_MIN_S,
         reconnect_max_s=BACKOFF_CAP_S,
+    )
+    return MqttPublisher(
+        config, STATION, "patchcore-lite0", store, reject_deadline_ms=REJECT_DEADLINE_MS, connect_wait_s=1.0
     )
 
 
@@ -646,6 +646,20 @@ def test_refusal_log_warns_on_news_and_reminds_rarely(caplog: pytest.LogCaptureF
     assert "54 attempts" in caplog.text
     assert refusals.connected() == 54
     assert levels_after("Server unavailable", 1) == ["WARNING"]  # refused again after a connection: news again
+
+
+def test_refusal_log_warns_once_per_reason_for_a_broker_alternating_between_two(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = StepClock()
+    refusals = RefusalLog("broker:1883", BACKOFF_MIN_S, BACKOFF_CAP_S, reminder_s=600.0, clock=clock)
+    caplog.set_level(logging.DEBUG, logger=MQTT_LOGGER)
+    for _ in range(20):
+        for reason in ("Not authorized", "Server unavailable"):
+            clock.now += BACKOFF_CAP_S
+            refusals.refused(reason)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2 and "Not authorized" in warnings[0] and "Server unavailable" in warnings[1]
 
 
 def test_backoff_doubles_up_to_the_cap() -> None:
