@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from trainer.models.fit_result import FitResult
 from trainer.models.patchcore import PatchCore, PatchCoreRecipe
-from trainer.models.patchcore.model import patch_rows, smallest
+from trainer.models.patchcore.model import HIDDEN_DISTANCE, Hidden, nearest_in_eager, patch_rows, smallest
 
 SIZE = 64
 
@@ -170,3 +170,15 @@ def test_patch_rows_lays_out_every_patch_image_by_image_and_releases_the_batches
     held = list(chunks)
     patch_rows(held)
     assert held == []
+
+
+@pytest.mark.parametrize("bank_quantization", ["int8", "none"])
+def test_the_eager_exact_search_matches_the_graph_form(bank_quantization: str) -> None:
+    model = _fitted(bank_quantization=bank_quantization, shortlist_dim=0)
+    bank = model.memory_bank()
+    queries = model._quantized_queries(torch.randn(300, bank.shape[1]))
+    hide = Hidden(torch.where(torch.rand(3, len(bank)) < 0.3, HIDDEN_DISTANCE, 0.0), 100)
+    for hidden in (None, hide):
+        graph = model._nearest_in_graph(queries, bank, hidden)
+        eager = nearest_in_eager(torch.cat(queries, dim=1), bank, hidden)
+        torch.testing.assert_close(eager, graph, rtol=1e-4, atol=1e-3)

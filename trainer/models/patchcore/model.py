@@ -125,6 +125,16 @@ def smallest(values: torch.Tensor, k: int, group: int) -> torch.Tensor:
     return members.gather(1, best)
 
 
+def nearest_in_eager(queries: torch.Tensor, bank: torch.Tensor, hide: Hidden | None) -> torch.Tensor:
+    """Squared L2 from each query to its nearest bank entry, in torch eager (fit's validation, `trainer eval`):
+    the same sums as the baked graph's per-tap form, in one matmul whose output stage adds the bank norms, with
+    no rows x N temporaries. Four times faster at 7,168 entries, which made validation a third of a 700-image fit."""
+    partial = torch.addmm((bank * bank).sum(-1), queries, bank.T, alpha=-2)
+    if hide is not None:
+        partial.view(len(hide.distance), hide.per_image, -1).add_(hide.distance.unsqueeze(1))
+    return (partial.min(dim=1).values + (queries * queries).sum(-1)).clamp_min(0)
+
+
 def principal_axes(points: torch.Tensor, count: int) -> torch.Tensor:
     """D x count: the directions of the points' largest variance, largest first."""
     centred = (points - points.mean(0)).double()
@@ -280,9 +290,15 @@ class PatchCore(nn.Module):
         return queries
 
     def _nearest_in_full(self, queries: list[torch.Tensor], bank: torch.Tensor, hide: Hidden | None) -> torch.Tensor:
-        """Squared L2 from each patch to its nearest bank entry, over the whole bank. The arg-min only needs
-        |b|^2 - 2ab, which the runtime computes as the matmul's own output stage; |a|^2 is added once per patch
-        after the min. With the int8 bank there is one matmul per tap, int8 x int8 with exact integer sums."""
+        """Squared L2 from each patch to its nearest bank entry, over the whole bank."""
+        if torch.jit.is_tracing():  # both exporters trace
+            return self._nearest_in_graph(queries, bank, hide)
+        return nearest_in_eager(torch.cat(queries, dim=1), bank, hide)
+
+    def _nearest_in_graph(self, queries: list[torch.Tensor], bank: torch.Tensor, hide: Hidden | None) -> torch.Tensor:
+        """The exact search as the baked graph has it. The arg-min only needs |b|^2 - 2ab, which the runtime
+        computes as the matmul's own output stage; |a|^2 is added once per patch after the min. With the int8
+        bank there is one matmul per tap, int8 x int8 with exact integer sums."""
         partial = torch.zeros(())
         own = torch.zeros(())
         start = 0
