@@ -13,6 +13,12 @@ that recipe, in the same turns:
 
 `--openvino-only` times the OpenVINO bakes alone, as an agent process runs them, without torch eager or ONNX
 Runtime taking turns (their thread pools cost the 2 cores something even at rest).
+
+`--profile` then prints, per model, where each OpenVINO bake spends its time: the baked model.xml compiled as
+the agent's OpenVinoRuntime compiles it, plus PERF_COUNT, runs the same frames (after warm-up) through one infer
+request, and each op's real time is summed by op type and kernel precision, in ms per frame:
+
+    .venv/bin/python bench/latency.py --models patchcore --openvino-only --profile
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import openvino as ov
 import torch
 
 from converters.bake import BakeError, BakeOptions, bake
@@ -33,6 +41,7 @@ from edge_agent.config import ModelConfig
 from edge_agent.geometry import prepare
 from edge_agent.imageio import list_images, read_image
 from edge_agent.runtimes import make_runtime
+from edge_agent.runtimes.openvino import MODEL_XML, compile_config
 from trainer.bundle import load_bundle
 from trainer.data.synthetic import SyntheticSpec, generate
 from trainer.fit import FitOptions, fit
@@ -46,6 +55,11 @@ TORCH = "torch eager fp32"
 BAKES = (("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "int8"), ("onnx", "fp32"))
 RUNTIME_NAMES = {"openvino": "OpenVINO", "onnx": "ONNX Runtime"}
 OV_FP32 = "OpenVINO fp32"
+PROFILE_ROWS = 12
+# Op types (and their variants, e.g. FullyConnectedQuantizedLegacy) whose exec_type ends in the kernel's
+# precision (brgconv_avx512_1x1_I8, brgconv_avx512_dw_f32, brgemm_avx512_i8, gemm_mlas_f32): split them by it.
+KERNEL_SPLIT = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul")
+KERNEL_PRECISIONS = {"i8": "int8", "u8": "int8", "f32": "f32", "bf16": "bf16", "f16": "f16"}  # fp32 reads f32
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,7 @@ class Timed:
     model: str  # the model and its recipe variant
     runtime: str
     run: Callable[[np.ndarray], object]
+    bake: Path | None = None  # the edge bundle of an OpenVINO bake, for --profile
 
 
 @dataclass(frozen=True)
@@ -87,8 +102,56 @@ def contenders(model_name: str, data: Path, root: Path, variant: Variant, openvi
             print(f"{label} {target} {precision}: not timed, {exc}", flush=True)
             continue
         runtime = make_runtime(load_edge_bundle(edge), ModelConfig(path=edge, cache_dir=root / "cache"))
-        timed.append(Timed(label, f"{RUNTIME_NAMES[target]} {precision}", runtime.infer))
+        ov_bake = edge if target == "openvino" else None
+        timed.append(Timed(label, f"{RUNTIME_NAMES[target]} {precision}", runtime.infer, ov_bake))
     return timed
+
+
+def op_group(info: ov.ProfilingInfo) -> str:
+    node_type, exec_type = str(info.node_type), str(info.exec_type)
+    if not node_type.startswith(KERNEL_SPLIT):
+        return node_type
+    suffix = exec_type.rsplit("_", 1)[-1].lower().replace("fp", "f")
+    return f"{node_type} ({KERNEL_PRECISIONS.get(suffix, exec_type)} kernel)"
+
+
+def profile_ops(edge: Path, frames: list[np.ndarray], count: int) -> dict[str, float]:
+    """ms per frame of each op group, over `count` frames after warm-up, compiled as the agent compiles it."""
+    bundle = load_edge_bundle(edge)
+    # The agent's compile config plus per-op counters; no model cache, so nothing is imported.
+    config = {**compile_config(bundle.manifest.precision, "CPU"), ov.properties.enable_profiling(): True}
+    request = ov.Core().compile_model(str(bundle.file(MODEL_XML)), "CPU", config).create_infer_request()
+    for i in range(WARMUP):
+        request.infer({0: frames[i % len(frames)][np.newaxis]})
+    total: dict[str, float] = defaultdict(float)
+    for i in range(count):
+        request.infer({0: frames[i % len(frames)][np.newaxis]})
+        for info in request.profiling_info:  # the last inference's counters
+            if info.status == ov.ProfilingInfo.Status.EXECUTED and info.real_time.total_seconds() > 0:
+                total[op_group(info)] += info.real_time.total_seconds() * 1000 / count
+    return dict(total)
+
+
+def profile_table(model: str, profiles: dict[str, dict[str, float]]) -> str:
+    """Markdown: op groups by ms per frame of each bake, slowest first in the int8 (else largest) column."""
+    runtimes = list(profiles)
+    key = "OpenVINO int8" if "OpenVINO int8" in profiles else max(runtimes, key=lambda r: sum(profiles[r].values()))
+    groups = sorted({g for ops in profiles.values() for g in ops}, key=lambda g: -profiles[key].get(g, 0.0))
+    lines = [
+        f"{model}: OpenVINO op profile, ms per frame",
+        "",
+        f"| op (kernel) | {' | '.join(runtimes)} |",
+        f"|---|{'---:|' * len(runtimes)}",
+    ]
+    for group in groups[:PROFILE_ROWS]:
+        cells = " | ".join(f"{profiles[r][group]:.2f}" if group in profiles[r] else "-" for r in runtimes)
+        lines.append(f"| {group} | {cells} |")
+    if len(groups) > PROFILE_ROWS:
+        rest = " | ".join(f"{sum(profiles[r].get(g, 0.0) for g in groups[PROFILE_ROWS:]):.2f}" for r in runtimes)
+        lines.append(f"| {len(groups) - PROFILE_ROWS} other op groups | {rest} |")
+    totals = " | ".join(f"**{sum(profiles[r].values()):.2f}**" for r in runtimes)
+    lines.append(f"| **total of profiled ops** | {totals} |")
+    return "\n".join(lines)
 
 
 def parse_variant(text: str) -> Variant:
@@ -115,6 +178,11 @@ def main() -> None:
         action="store_true",
         help="time only the OpenVINO bakes: no torch or ONNX Runtime threads in the process",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the table, each OpenVINO bake's time per frame by op type, from OpenVINO's per-op counters",
+    )
     args = parser.parse_args()
     models = args.models.split(",")
     if args.variant and len(models) > 1:
@@ -125,6 +193,7 @@ def main() -> None:
         data = generate(root / "data", SyntheticSpec(train_good=args.train_images, test_defects_per_type=5))
         paths = sorted(p for kind in (data / "test").iterdir() for p in list_images(kind))
         rows = []
+        profiles = []
         for name in models:
             timed = [t for v in variants for t in contenders(name, data, root, v, args.openvino_only)]
             # Squash geometry at the model's size: one graph run per frame.
@@ -153,10 +222,17 @@ def main() -> None:
                     f"| {t.model} | {t.runtime} | {p50:.2f} | {p99:.2f} | {1000 / p50:.0f} | "
                     f"{'-' if base is None else f'{base / p50:.2f}x'} | {ov_fp32 / p50:.2f}x |"
                 )
+            if args.profile:
+                for model in dict.fromkeys(t.model for t in timed):
+                    bakes = [t for t in timed if t.model == model]
+                    ops = {t.runtime: profile_ops(t.bake, frames, args.frames) for t in bakes if t.bake is not None}
+                    profiles.append(profile_table(model, ops))
     print(f"256x256, batch 1, {torch.get_num_threads()} threads, {args.frames} frames after {WARMUP} warm-up\n")
     print("| model | runtime | p50 ms | p99 ms | frames/s (1/p50) | vs torch (p50) | vs OpenVINO fp32 (p50) |")
     print("|---|---|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
+    for table in profiles:
+        print(f"\n{table}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,12 @@ def inference_precision(precision: str, device: str) -> str:
     return INFERENCE_PRECISION[precision]
 
 
+def compile_config(precision: str, device: str) -> dict[str, str]:
+    """One frame at a time, as soon as possible; and the precision the bundle was baked and checked for,
+    since OpenVINO would otherwise run an fp32 graph in bf16 on CPUs that have it."""
+    return {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": inference_precision(precision, device)}
+
+
 class OpenVinoRuntime:
     """The baked graph compiled for CPU, GPU (Intel iGPU) or AUTO, with an optional compiled-model cache."""
 
@@ -35,10 +41,7 @@ class OpenVinoRuntime:
         core = ov.Core()
         if cache_dir is not None:
             core.set_property({"CACHE_DIR": str(cache_dir)})
-        # One frame at a time, as soon as possible; and the precision the bundle was baked and checked for,
-        # since OpenVINO would otherwise run an fp32 graph in bf16 on CPUs that have it.
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": inference_precision(precision, device)}
-        self._compiled = core.compile_model(str(xml), device, config)
+        self._compiled = core.compile_model(str(xml), device, compile_config(precision, device))
         self._request = self._compiled.create_infer_request()
         self._map = self._compiled.output("anomaly_map")
         self._score = self._compiled.output("score")
