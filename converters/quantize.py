@@ -21,7 +21,9 @@ from above 0.85 to 0.75. The mixed preset (asymmetric activations) gained less o
 
 Weights are quantized to 7 bits in every layer (NNCF's overflow fix), not only in the first: CPUs without VNNI
 (AVX2 only, as many factory PCs and this project's Zen 3 CI machine) multiply u8 x s8 pairs into saturating int16,
-which took the tiny PatchCore bake's rank correlation from 0.90 to 0.63. A bundle must hold on any CPU.
+which took the tiny PatchCore bake's rank correlation from 0.90 to 0.63. A bundle must hold on any CPU. (On a VNNI
+CPU, 8-bit weights raised ELPV mono's validation rank correlation from 0.911 to 0.934, the test goods' from 0.971
+to 0.988: the price of running everywhere.)
 """
 
 from __future__ import annotations
