@@ -3,8 +3,10 @@ background thread so a slow disk never holds up the loop, within a disk quota th
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import os
 import queue
 import threading
 import time
@@ -52,19 +54,20 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray, score_scale: float) -> n
     return cv2.addWeighted(bgr, 1 - OVERLAY_ALPHA, heat, OVERLAY_ALPHA, 0)
 
 
-def _files_oldest_first(root: Path) -> list[tuple[float, int, Path]]:
-    """(mtime, size, path) of every file under `root`, oldest first."""
-    found: list[tuple[float, int, Path]] = []
-    if not root.is_dir():
-        return found
-    for path in root.rglob("*"):
-        try:
-            stat = path.stat()
-        except OSError:
-            continue  # removed meanwhile, by another camera's agent sharing the archive
-        if path.is_file():
+def _files_oldest_first(root: Path) -> list[tuple[float, int, str]]:
+    """(mtime, size, path) of every file under `root`, oldest first. Paths as plain strings: a quota of small
+    images holds tens of thousands of files, and a Path object costs twice the memory of its string."""
+    found: list[tuple[float, int, str]] = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                stat = os.stat(path)
+            except OSError:
+                continue  # removed meanwhile, by another camera's agent sharing the archive
             found.append((stat.st_mtime, stat.st_size, path))
-    return sorted(found)
+    found.sort()
+    return found
 
 
 def _remove_empty_folders(folder: Path, root: Path) -> None:
@@ -91,7 +94,7 @@ class Archive:
         self.deleted = 0
         # (size, path) oldest first, and their total. The first scan runs on the archive thread, so a big
         # archive never slows start-up.
-        self._files: deque[tuple[int, Path]] = deque()
+        self._files: deque[tuple[int, str]] = deque()
         self._used = 0
         self._scanned_at = 0.0
         self._thread.start()
@@ -153,14 +156,15 @@ class Archive:
         removed = 0
         while self._files and self._used > target:
             size, path = self._files.popleft()
-            path.unlink(missing_ok=True)  # another camera's agent may have removed it first
+            with contextlib.suppress(FileNotFoundError):  # another camera's agent may have removed it first
+                os.unlink(path)
             self._used -= size
             removed += 1
-            _remove_empty_folders(path.parent, self.root)
+            _remove_empty_folders(Path(path).parent, self.root)
         self.deleted += removed
         log.info("archive over its %.0f MB quota: removed the %d oldest file(s)", self.quota_bytes / MB, removed)
 
-    def _save(self, item: ArchiveItem) -> list[tuple[int, Path]]:
+    def _save(self, item: ArchiveItem) -> list[tuple[int, str]]:
         """Writes the item's files; returns the size and path of each."""
         image_path = self.image_path(item)
         image_path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,7 +175,7 @@ class Archive:
             written.append(Path(f"{stem}_heatmap.png"))
             _write(written[-1], overlay(item.image, item.anomaly_map, item.score_scale))
         written[1].write_bytes(item.verdict.payload())
-        return [(p.stat().st_size, p) for p in written]
+        return [(p.stat().st_size, str(p)) for p in written]
 
 
 def _write(path: Path, image: np.ndarray) -> None:
