@@ -291,7 +291,8 @@ class PatchCore(nn.Module):
 
     def _nearest_in_full(self, queries: list[torch.Tensor], bank: torch.Tensor, hide: Hidden | None) -> torch.Tensor:
         """Squared L2 from each patch to its nearest bank entry, over the whole bank."""
-        if torch.jit.is_tracing():  # both exporters trace
+        # Both exporters trace. torch exports is_tracing unannotated and outside torch.jit.__all__.
+        if torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]
             return self._nearest_in_graph(queries, bank, hide)
         return nearest_in_eager(torch.cat(queries, dim=1), bank, hide)
 
