@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -64,9 +65,13 @@ class MqttCollector:
 
     def wait_for(self, n: int, timeout: float) -> list[Message]:
         """Wait until at least `n` messages arrived (or `timeout` s passed); return all received so far."""
+        return self.wait_until(lambda messages: len(messages) >= n, timeout)
+
+    def wait_until(self, done: Callable[[list[Message]], bool], timeout: float) -> list[Message]:
+        """Wait until `done` holds for the messages received so far (or `timeout` s passed); return them."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while len(self._messages) < n:
+            while not done(self._messages):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

@@ -54,6 +54,8 @@ def test_reload_by_mqtt_and_sighup_swaps_without_losing_a_frame_and_refuses_a_co
             command(mqtt_broker, "reload", {"path": str(corrupt)})
             command(mqtt_broker, "reload", {"path": str(second)})
             events.wait_for(2, WAIT_S)
+            # A swap takes effect at the next frame: let one frame run on the new model before swapping back.
+            verdicts.wait_until(lambda got: any(json.loads(m[1])["model"] == version for m in got), WAIT_S)
             agent.send_signal(signal.SIGHUP)  # back to the configured bundle
             events.wait_for(3, WAIT_S)
             command(mqtt_broker, "explode")
