@@ -24,6 +24,7 @@ from edge_agent.config import (
 from edge_agent.console import run_cli, setup_logging
 from edge_agent.control import Command, CommandError, Controller, parse_command
 from edge_agent.errors import AgentError, CameraUnavailable
+from edge_agent.frame_ids import FrameIds, frame_ids_path
 from edge_agent.logs import DEFAULT_LOG_FORMAT, LOG_FORMATS
 from edge_agent.loop import InspectionLoop, LoopOptions, RunSummary
 from edge_agent.metrics import ARCHIVE_PENDING, MQTT_CONNECTED, OUTBOX, Metrics, MetricsServer
@@ -125,6 +126,7 @@ def run_command(
     notifier = SystemdNotifier.from_environment()
     outbox = store_path(cfg.mqtt, camera)
     with SqliteStore(outbox, cfg.mqtt.store_max_messages) as store:
+        frame_ids = FrameIds(frame_ids_path(outbox))
         cam = make_camera(camera, cam_cfg)
         try:
             cam.open()
@@ -160,7 +162,9 @@ def run_command(
                 if archive is not None:
                     metrics.watch(ARCHIVE_PENDING, camera, archive.pending)
                 metrics.watch(MQTT_CONNECTED, camera, lambda: publisher.connected)
-            loop = InspectionLoop(cam, model.runtime, publisher, model.info, options, archive, metrics, notifier)
+            loop = InspectionLoop(
+                cam, model.runtime, publisher, model.info, options, archive, metrics, notifier, frame_ids=frame_ids
+            )
             controller = Controller(
                 camera,
                 loop,

@@ -10,7 +10,7 @@ import re
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from edge_agent.archive import Archive, ArchiveItem
 from edge_agent.cameras.base import Camera
 from edge_agent.control import EventSink
 from edge_agent.errors import CameraError, EndOfStream
+from edge_agent.frame_ids import FrameIds
 from edge_agent.frame_queue import FrameQueue
 from edge_agent.frames import Frame, image_problem
 from edge_agent.geometry import Combined, combine, prepare
@@ -99,8 +100,11 @@ class InspectionLoop:
         archive: Archive | None = None,
         metrics: Metrics | None = None,
         watchdog: SystemdNotifier | None = None,
+        *,
+        frame_ids: FrameIds | None = None,  # renumbers frames, across restarts; None: the camera's own count
     ) -> None:
         self.camera = camera
+        self._frame_ids = frame_ids
         self.publisher = publisher
         self.options = options
         self.archive = archive
@@ -224,6 +228,8 @@ class InspectionLoop:
                 failures = 0
                 last_frame = time.monotonic()
                 grabbed += 1
+                if self._frame_ids is not None:
+                    frame = replace(frame, frame_id=self._frame_ids.next())
                 self._queue.put(frame)
         finally:
             self._queue.close()
