@@ -120,11 +120,13 @@ def _training_goods(training: TrainingSet) -> list[Path]:
     return goods[::step][:MAX_CALIBRATION_IMAGES]
 
 
-def _calibration(training: TrainingSet, options: BakeOptions, good: list[np.ndarray]) -> tuple[list[np.ndarray], str]:
-    if options.calib is not None:
-        return _read_folder(options.calib, "--calib")[:MAX_CALIBRATION_IMAGES], "--calib"
+def _calibration(
+    training: TrainingSet, given: list[np.ndarray] | None, good: list[np.ndarray]
+) -> tuple[list[np.ndarray], str]:
+    if given is not None:
+        return given[:MAX_CALIBRATION_IMAGES], "--calib"
     paths = _training_goods(training)
-    frames, _, _ = read_frames(paths) if len(paths) >= MIN_CALIBRATION_IMAGES else ([], [], [])
+    frames = read_frames(paths)[0] if len(paths) >= MIN_CALIBRATION_IMAGES else []
     if len(frames) >= MIN_CALIBRATION_IMAGES:
         return frames, "training images"
     log.warning(
@@ -136,11 +138,12 @@ def _calibration(training: TrainingSet, options: BakeOptions, good: list[np.ndar
 
 def _frames(training: TrainingSet, options: BakeOptions) -> Frames:
     paths = [Path(p) for p in training.validation if Path(p).is_file()]
+    calib = _read_folder(options.calib, "--calib") if options.calib is not None else None
     if paths:
         good, _, _ = read_frames(paths[:MAX_PARITY_IMAGES])
-    elif options.calib is not None:
+    elif calib is not None:
         log.warning("the bundle's validation images are not on this machine; checking parity on --calib images")
-        good = _read_folder(options.calib, "--calib")[:MAX_PARITY_IMAGES]
+        good = calib[:MAX_PARITY_IMAGES]
     else:
         raise BakeError(
             "the bundle's validation images are not on this machine; pass --calib DIR with images of good parts"
@@ -150,7 +153,7 @@ def _frames(training: TrainingSet, options: BakeOptions) -> Frames:
     defects = _read_folder(options.defects, "--defects") if options.defects is not None else []
     if options.precision != "int8":
         return Frames(good, [], "", defects)
-    calibration, source = _calibration(training, options, good)
+    calibration, source = _calibration(training, calib, good)
     if len(calibration) < MIN_CALIBRATION_IMAGES:
         given = f"--calib {options.calib}" if options.calib is not None else "the bundle's validation images"
         raise BakeError(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from pathlib import Path
 
 from edge_agent.errors import AgentError
@@ -22,12 +21,12 @@ class FrameIdError(AgentError):
 
 
 class FrameIds:
-    """`next()` gives 1, 2, 3, ... on a new file, and on a restart continues above every id given before."""
+    """`next()` gives 1, 2, 3, ... on a new file, and on a restart continues above every id given before.
+    Called from the acquisition thread only."""
 
     def __init__(self, path: Path, block: int = BLOCK) -> None:
         self.path = path
         self._block = block
-        self._lock = threading.Lock()
         self._next = self._read() + 1
         self._reserved = self._next - 1  # nothing reserved yet: the first next() writes a block end
 
@@ -61,19 +60,18 @@ class FrameIds:
         self._reserved = end
 
     def next(self) -> int:
-        with self._lock:
-            if self._next > self._reserved:
-                end = self._next + self._block - 1
-                try:
-                    self._reserve(end)
-                except OSError as exc:  # a full or read-only disk must not stop the line: ids stay unique in this run
-                    log.error(
-                        "could not write the frame id counter %s (%s); a restart may repeat frame ids", self.path, exc
-                    )
-                    self._reserved = end
-            frame_id = self._next
-            self._next += 1
-            return frame_id
+        if self._next > self._reserved:
+            end = self._next + self._block - 1
+            try:
+                self._reserve(end)
+            except OSError as exc:  # a full or read-only disk must not stop the line: ids stay unique in this run
+                log.error(
+                    "could not write the frame id counter %s (%s); a restart may repeat frame ids", self.path, exc
+                )
+                self._reserved = end
+        frame_id = self._next
+        self._next += 1
+        return frame_id
 
 
 def frame_ids_path(outbox: Path) -> Path:

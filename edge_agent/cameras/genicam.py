@@ -144,8 +144,8 @@ class GenicamCamera:
         self._acquirer: Any | None = None
         self._software_trigger = False
         self._trigger_pacer = Pacer(config.trigger_rate_hz)
-        # The agent's frame count: never reset by a reopen, where the device's own count starts over, so the
-        # line never sees a frame id twice from one run.
+        # This camera's frame count: never reset by a reopen, where the device's own count starts over. (The
+        # agent's loop renumbers frames again, to keep counting across restarts: edge_agent.frame_ids.)
         self._frames = 0
 
     @property
