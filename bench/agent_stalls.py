@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from converters.bake import BakeOptions, bake
+from converters.guard import TIMING_GUARD
 from edge_agent.cameras.genicam import GENTL_WAIT_MS, GenicamCamera
 from edge_agent.config import GenicamCameraConfig
 from edge_agent.runtimes.openvino import OpenVinoRuntime
@@ -150,7 +151,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         fit(FitOptions(data=generate(root / "data"), model="patchcore", out=root / "model"))
-        bake(BakeOptions(bundle=root / "model", out=root / "edge", precision="int8"))
+        bake(BakeOptions(bundle=root / "model", out=root / "edge", precision="int8", guard=TIMING_GUARD))
         runtime = OpenVinoRuntime(root / "edge" / "model.xml", "int8")
         for label, paced in (("back to back", False), (f"paced at {LINE_FPS:g} fps", True)):
             runtime.infer(np.zeros((256, 256, 3), np.uint8))

@@ -36,6 +36,7 @@ import openvino as ov
 import torch
 
 from converters.bake import BakeError, BakeOptions, bake
+from converters.guard import TIMING_GUARD
 from edge_agent.bundle import load_edge_bundle
 from edge_agent.config import ModelConfig
 from edge_agent.geometry import prepare
@@ -97,7 +98,7 @@ def contenders(model_name: str, data: Path, root: Path, variant: Variant, openvi
             continue
         edge = bundle.with_name(f"{variant.label}-{target}-{precision}")
         try:
-            bake(BakeOptions(bundle=bundle, out=edge, target=target, precision=precision))
+            bake(BakeOptions(bundle=bundle, out=edge, target=target, precision=precision, guard=TIMING_GUARD))
         except BakeError as exc:  # the accuracy guard refused this precision: say so, time the others
             print(f"{label} {target} {precision}: not timed, {exc}", flush=True)
             continue

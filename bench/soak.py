@@ -31,6 +31,7 @@ from paho.mqtt.client import Client, MQTTMessage
 from paho.mqtt.enums import CallbackAPIVersion
 
 from converters.bake import BakeOptions, bake
+from converters.guard import TIMING_GUARD
 from demo.broker import Broker, free_port, start_mosquitto
 from edge_agent.cameras.genicam import GenicamCamera
 from edge_agent.config import GenicamCameraConfig
@@ -158,7 +159,7 @@ def main() -> None:
         print(f"grabbing {TRAIN_FRAMES} training frames from the simulator, 1 in {args.train_stride}", flush=True)
         data = training_frames(root / "data", TRAIN_FRAMES, args.train_stride)
         fit(FitOptions(data=data, model="patchcore", out=root / "model"))
-        bake(BakeOptions(bundle=root / "model", out=root / "edge", precision=args.precision))
+        bake(BakeOptions(bundle=root / "model", out=root / "edge", precision=args.precision, guard=TIMING_GUARD))
         with start_mosquitto() as broker:
             received = Received()
             subscriber = Client(CallbackAPIVersion.VERSION2, client_id="soak-subscriber")

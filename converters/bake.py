@@ -6,7 +6,8 @@ import datetime as dt
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from converters.graph import OUTPUT_NAMES
+from converters.guard import Guard, refusal, too_few_images
 from converters.onnx import export_onnx
 from converters.openvino import to_openvino
 from converters.parity import parity_report
@@ -50,19 +52,10 @@ MAX_CALIBRATION_IMAGES = 300
 MIN_CALIBRATION_IMAGES = 10
 BUNDLE_MODE = 0o755
 PRECISIONS = {"openvino": ("fp32", "fp16", "int8"), "onnx": ("fp32",), "tensorrt": ("fp32", "fp16")}
-PERCENT = 100.0
 
 
 class BakeError(Exception):
     pass
-
-
-@dataclass(frozen=True)
-class Guard:
-    """How far a reduced-precision bake may drift from torch before bake refuses to write it."""
-
-    max_auroc_drop: float = 0.5  # image AUROC points, on validation goods against --defects images
-    max_flip_rate: float = 0.01  # share of validation images whose verdict changes
 
 
 @dataclass(frozen=True)
@@ -73,7 +66,7 @@ class BakeOptions:
     precision: str = "fp32"
     calib: Path | None = None  # good images to calibrate int8 on; default: the bundle's validation images
     defects: Path | None = None  # labelled defect images: the guard then also bounds the AUROC change
-    guard: Guard = Guard()
+    guard: Guard = field(default_factory=Guard)
     # tensorrt without TensorRT here: write the ONNX anyway, for the agent's TensorRT provider to build on the target
     engine_on_target: bool = False
 
@@ -191,7 +184,7 @@ def _write_graph(model: nn.Module, source: ModelManifest, options: BakeOptions, 
             log.warning(ENGINE_ON_TARGET)
 
 
-def _runtime(options: BakeOptions, folder: Path) -> Runtime:
+def agent_runtime(options: BakeOptions, folder: Path) -> Runtime:
     """The agent's own runtime class on the staged files, so parity is measured on what the agent will run."""
     if options.target == "openvino":
         return OpenVinoRuntime(folder / MODEL_XML, options.precision)
@@ -203,11 +196,21 @@ def _baked_files(folder: Path) -> dict[str, str]:
     return {name: sha256_file(folder / name) for name in names if (folder / name).is_file()}
 
 
-def bake(options: BakeOptions) -> EdgeManifest:
+RuntimeOpener = Callable[[BakeOptions, Path], Runtime]
+
+
+def bake(options: BakeOptions, open_runtime: RuntimeOpener = agent_runtime) -> EdgeManifest:
+    """`open_runtime` runs the staged graph for the parity check; tests swap it to force a parity result."""
     _check_target(options)
     _check_replaceable(options.out)
     model, source = load_bundle(options.bundle)
     frames = _frames(source.training_set, options)
+    if options.precision != "fp32":
+        few = too_few_images(
+            len(frames.validation) + len(frames.defects), len(frames.defects), options.guard, options.precision
+        )
+        if few is not None:
+            raise BakeError(few)
     geometry = source.geometry
 
     # Write into a temporary folder first, so a failed bake never leaves a half-written bundle behind.
@@ -216,7 +219,8 @@ def bake(options: BakeOptions) -> EdgeManifest:
     staging.chmod(BUNDLE_MODE)
     try:
         _write_graph(model, source, options, frames, staging)
-        parity = _parity(model, _runtime(options, staging), frames, geometry, source.threshold)
+        runtime = open_runtime(options, staging)
+        parity = _parity(model, runtime, frames, geometry, source.threshold, options.guard.margin)
         _check_guard(parity, options)
         source_sha = sha256_file(options.bundle / MODEL_MANIFEST)
         manifest = EdgeManifest.model_validate(
@@ -255,7 +259,9 @@ def _scores(combined: list[Combined]) -> np.ndarray:
     return np.array([c.score for c in combined])
 
 
-def _parity(model: nn.Module, runtime: Runtime, frames: Frames, geometry: Geometry, threshold: float) -> Parity:
+def _parity(
+    model: nn.Module, runtime: Runtime, frames: Frames, geometry: Geometry, threshold: float, margin: float
+) -> Parity:
     """Torch against the baked graph, per whole image, on the validation images and the defects, when given."""
     images = frames.validation + frames.defects
     reference = predict(model, images, geometry)
@@ -266,6 +272,7 @@ def _parity(model: nn.Module, runtime: Runtime, frames: Frames, geometry: Geomet
         np.concatenate([r.anomaly_map.ravel() for r in reference]),
         np.concatenate([b.anomaly_map.ravel() for b in baked]),
         threshold,
+        margin,
     )
     if not frames.defects:
         return report
@@ -282,18 +289,6 @@ def _parity(model: nn.Module, runtime: Runtime, frames: Frames, geometry: Geomet
 def _check_guard(parity: Parity, options: BakeOptions) -> None:
     if options.precision == "fp32":
         return
-    flips = 1.0 - parity.verdict_agreement
-    what = f"{options.precision} bundle refused"
-    fix = "calibrate on more, representative good images with --calib DIR, or bake --precision fp32"
-    if flips > options.guard.max_flip_rate:
-        raise BakeError(
-            f"{what}: {flips:.1%} of {parity.images} verdicts flip against torch "
-            f"(bound {options.guard.max_flip_rate:.1%}); {fix}"
-        )
-    if parity.auroc_reference is not None and parity.auroc_baked is not None:
-        drop = PERCENT * (parity.auroc_reference - parity.auroc_baked)
-        if drop > options.guard.max_auroc_drop:
-            raise BakeError(
-                f"{what}: image AUROC drops {drop:.2f} points against torch ({PERCENT * parity.auroc_reference:.2f} "
-                f"-> {PERCENT * parity.auroc_baked:.2f}; bound {options.guard.max_auroc_drop} points); {fix}"
-            )
+    reason = refusal(parity, options.guard, options.precision)
+    if reason is not None:
+        raise BakeError(reason)

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from converters.bake import BakeError, BakeOptions, Guard, bake
+from converters.bake import BakeError, BakeOptions, bake
+from converters.guard import Guard
 from edge_agent.console import run_cli, setup_logging
 from trainer.bundle import BundleError
 
@@ -33,7 +34,12 @@ def bake_command(
         Path | None, typer.Option(help="images of defective parts: parity and the int8 guard also check AUROC")
     ] = None,
     max_auroc_drop: Annotated[float, typer.Option(min=0, help="int8/fp16 guard: AUROC points it may lose")] = 0.5,
-    max_flip_rate: Annotated[float, typer.Option(min=0, max=1, help="int8/fp16 guard: share of verdicts")] = 0.01,
+    max_flip_rate: Annotated[
+        float, typer.Option(min=0, max=1, help="int8/fp16 guard: share of verdicts outside --margin that may flip")
+    ] = 0.01,
+    margin: Annotated[
+        float, typer.Option(min=0, max=1, help="int8/fp16 guard: flips this close to the threshold (share) not counted")
+    ] = 0.05,
     engine_on_target: Annotated[
         bool, typer.Option(help="tensorrt without TensorRT here: write model.onnx; the agent builds the engine")
     ] = False,
@@ -43,7 +49,7 @@ def bake_command(
     Example: converter bake models/press2 --target openvino --precision int8 --out edge/press2
     """
     setup_logging()
-    guard = Guard(max_auroc_drop=max_auroc_drop, max_flip_rate=max_flip_rate)
+    guard = Guard(max_auroc_drop=max_auroc_drop, max_flip_rate=max_flip_rate, margin=margin)
     manifest = bake(BakeOptions(bundle, out, target, precision, calib, defects, guard, engine_on_target))
     p = manifest.parity
     auroc = ""

@@ -41,6 +41,11 @@ class Parity(Strict):
     score_rel_diff_max: float
     spearman: float
     verdict_agreement: float
+    # Torch scores within the guard's margin around the threshold, and the verdicts that flip outside it (the
+    # guard counts only those). None in bundles baked before the margin existed.
+    margin: float | None = None
+    near_threshold: int | None = None
+    flips_outside_margin: int | None = None
     map_abs_diff_max: float
     map_abs_diff_mean: float
     # With labelled defects at bake time: image AUROC of torch and of the baked model on goods + defects.

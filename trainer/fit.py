@@ -228,14 +228,13 @@ def fit(options: FitOptions) -> ModelManifest:
     inputs = model_inputs([frames[i] for i in train_idx], geometry)
     val_prepared = [prepare(frames[i], geometry) for i in val_idx]
     val_inputs = np.concatenate([p.inputs for p in val_prepared])
-    val_groups = np.repeat(np.arange(len(val_prepared)), [len(p.inputs) for p in val_prepared])
 
     torch.manual_seed(recipe.model.seed)
     model = REGISTRY[options.model].model(recipe.model).to(training_device(options.device))
     with tqdm(total=len(inputs) + len(val_inputs), desc=f"fitting {options.model}", unit="input") as bar:
-        result = model.fit(inputs, val_inputs, progress=bar.update, val_groups=val_groups)
+        result = model.fit(inputs, val_inputs, progress=bar.update)
     del inputs, val_inputs
-    _warn_small_bank(result.summary, recipe.model, len(frames) if result.learned_from_validation else len(train_idx))
+    _warn_small_bank(result.summary, recipe.model, len(train_idx))
     model.cpu().eval()
 
     val_scores = _frame_scores(result.validation, val_prepared, geometry)
@@ -247,7 +246,6 @@ def fit(options: FitOptions) -> ModelManifest:
         threshold = metrics["f1_threshold"]
 
     validation = [str(paths[i].resolve()) for i in val_idx]
-    learned = np.sort(np.concatenate([train_idx, val_idx])) if result.learned_from_validation else train_idx
     manifest: dict[str, Any] = {
         "model": options.model,
         "backbone": recipe.model.backbone,
@@ -259,11 +257,11 @@ def fit(options: FitOptions) -> ModelManifest:
             "root": str(options.data.resolve()) if options.data.exists() else str(options.data),
             "layout": data.layout,
             "category": options.category,
-            "count": len(learned),
+            "count": len(train_idx),
             "skipped": [str(p) for p in skipped],
-            "sha256": _files_hash([paths[i] for i in learned]),
+            "sha256": _files_hash([paths[i] for i in train_idx]),
             "validation": validation,
-            "holdout": [] if result.learned_from_validation else validation,
+            "holdout": validation,
         },
         "fit_summary": result.summary,
         "validation_scores": score_stats(val_scores),

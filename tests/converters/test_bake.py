@@ -2,15 +2,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from in_process import run_main
 from pipeline import Pipeline
 
 import converters.bake
+import converters.cli
 from converters.bake import BakeError, BakeOptions, Frames, bake
 from edge_agent.bundle import load_edge_bundle
 from edge_agent.errors import BundleError
@@ -62,8 +63,7 @@ def test_unknown_format_version_is_refused(pipeline: Pipeline, tmp_path: Path) -
 
 
 def _bake_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "converters.cli", "bake", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+    return run_main(converters.cli.main, "converter", "bake", *args)
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> None:

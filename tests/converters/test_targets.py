@@ -1,10 +1,14 @@
-"""Every registry model, baked for every CPU target, through the agent's own runtime classes against torch."""
+"""Every registry model, baked for every CPU target, through the agent's own runtime classes against torch.
+
+fp32 is held to exact parity everywhere. int8 and fp16 accuracy depends on the CPU (VNNI or not) and on how NNCF
+calibrates on it, so it is measured on real held-out data in bench/precision.py, not asserted here: these tests
+check that a reduced-precision bake completes with the right structure, or refuses with its documented message.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import nncf
 import numpy as np
 import onnxruntime as ort
 import openvino as ov
@@ -12,14 +16,15 @@ import pytest
 import torch
 from pipeline import TEST_SIZE, Pipeline
 
-import converters.bake
-from converters.bake import BakeError, BakeOptions, Guard, bake
+from converters.bake import BakeError, BakeOptions, agent_runtime, bake
+from converters.guard import Guard
 from converters.tensorrt import tensorrt_available
 from edge_agent.bundle import Calibration, load_edge_bundle
 from edge_agent.config import ModelConfig
 from edge_agent.geometry import Geometry, prepare
 from edge_agent.imageio import list_images, read_image
 from edge_agent.runtimes import make_runtime
+from edge_agent.runtimes.base import Inference, Runtime
 from edge_agent.runtimes.onnxruntime import TENSORRT, OnnxRuntime
 from trainer.bundle import load_bundle, read_manifest
 from trainer.fit import FitOptions, fit
@@ -27,20 +32,12 @@ from trainer.models import REGISTRY
 
 FP32_REL_TOLERANCE = 1e-3
 FP32_MIN_SPEARMAN = 0.9999
-# fp16 has no parity goal of its own; fp16 weights keep 11 bits, and a score near 0 (SimpleNet's softplus of a
-# confident discriminator) moves by ~1% relative. Verdicts and ranks are held to the bounds below.
-FP16_REL_TOLERANCE = 2e-2
-FP16_MIN_SPEARMAN = 0.99
-# The goal is 0.99 (bench/precision.py measures it on real data); on this tiny set the goods' scores lie so close
-# together that int8 noise swaps a few of them, which is all this bound lets through.
-INT8_MIN_SPEARMAN_TINY = 0.85
-INT8_MIN_AGREEMENT = 0.99
 TINY_EPOCHS = 3
-TARGETS = [("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "int8"), ("onnx", "fp32")]
-# FastFlow's NLL sums squared whitened features, so the int8 backbone's noise raises every score (on this tiny set
-# by 0.22 on average, on goods whose scores spread by 0.12) and the guard refuses the bundle. Refusing is the
-# contract; a bundle that got through would still be held to the bounds below.
-GUARD_MAY_REFUSE_INT8 = {"fastflow"}
+# The tiny set has 12 validation goods and 3 defects: fewer than the guard needs, so reduced-precision bakes
+# here judge with the bounds open and the tests check structure, not accuracy (see the module docstring).
+OPEN_GUARD = Guard(max_auroc_drop=100.0, max_flip_rate=1.0, min_images=0)
+FP32_TARGETS = [("openvino", "fp32"), ("onnx", "fp32")]
+REDUCED = ["int8", "fp16"]  # OpenVINO
 
 
 @pytest.fixture(scope="module", params=sorted(REGISTRY))
@@ -58,47 +55,109 @@ def bundle(request: pytest.FixtureRequest, pipeline: Pipeline, tmp_path_factory:
     return out
 
 
-@pytest.mark.parametrize(("target", "precision"), TARGETS)
-def test_baked_model_follows_torch_in_the_agent_runtime(
+def _spot_images(pipeline: Pipeline) -> list[np.ndarray]:
+    geometry = Geometry(height=TEST_SIZE, width=TEST_SIZE)
+    return [prepare(read_image(p), geometry).inputs[0] for p in list_images(pipeline.data / "test" / "spot")]
+
+
+def _agent_scores(edge: Path, images: list[np.ndarray], cache: Path) -> np.ndarray:
+    runtime = make_runtime(load_edge_bundle(edge), ModelConfig(path=edge, cache_dir=cache))
+    return np.array([runtime.infer(image).score for image in images])
+
+
+@pytest.mark.parametrize(("target", "precision"), FP32_TARGETS)
+def test_fp32_bake_follows_torch_in_the_agent_runtime(
     bundle: Path, pipeline: Pipeline, tmp_path: Path, target: str, precision: str
 ) -> None:
     edge = tmp_path / "edge"
     defects = pipeline.data / "test" / "scratch"
-    options = BakeOptions(bundle=bundle, out=edge, target=target, precision=precision, defects=defects)
-    if precision == "int8" and read_manifest(bundle).model in GUARD_MAY_REFUSE_INT8:
-        try:
-            manifest = bake(options)
-        except BakeError as exc:
-            assert "int8 bundle refused" in str(exc) and not edge.exists()
-            pytest.skip(f"the accuracy guard refused this int8 bake: {exc}")
-    else:
-        manifest = bake(options)
-    parity = manifest.parity
+    parity = bake(BakeOptions(bundle=bundle, out=edge, target=target, precision=precision, defects=defects)).parity
+    assert parity.score_rel_diff_max <= FP32_REL_TOLERANCE
+    assert parity.spearman >= FP32_MIN_SPEARMAN and parity.verdict_agreement == 1.0
+    assert parity.auroc_baked == parity.auroc_reference
+    # Another defect type, outside the bake's parity set, on the agent's runtime as the bundle picks it.
+    images = _spot_images(pipeline)
+    model, _ = load_bundle(bundle)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(np.stack(images))).score.numpy()
+    np.testing.assert_allclose(_agent_scores(edge, images, tmp_path / "cache"), reference, rtol=FP32_REL_TOLERANCE)
+
+
+def _precision_of_convolutions(xml: Path) -> set[str]:
+    """Element types of the weights the convolutions read: i8 where NNCF quantized them, f32/f16 elsewhere."""
+    types = set()
+    for op in ov.Core().read_model(str(xml)).get_ordered_ops():
+        if op.get_type_name() == "Convolution":
+            weights = op.input_value(1).get_node()
+            while weights.get_type_name() in {"Convert", "Subtract", "Multiply", "FakeQuantize"}:
+                weights = weights.input_value(0).get_node()
+            types.add(weights.get_output_element_type(0).get_type_name())
+    return types
+
+
+def _check_reduced_bake(bundle: Path, pipeline: Pipeline, tmp_path: Path, precision: str) -> None:
+    edge = tmp_path / "edge"
+    options = BakeOptions(bundle=bundle, out=edge, precision=precision, guard=OPEN_GUARD)
+    manifest = bake(options)
+    assert manifest.precision == precision
+    assert manifest.parity.images == 12 and manifest.parity.flips_outside_margin is not None
+    types = _precision_of_convolutions(edge / "model.xml")
     if precision == "int8":
         # 60 good images, 12 of them validation: the guard's images are not the 48 calibrated on.
         assert manifest.calibration == Calibration(source="training images", images=48)
-        assert parity.spearman >= INT8_MIN_SPEARMAN_TINY
-        assert parity.verdict_agreement >= INT8_MIN_AGREEMENT
-        assert parity.auroc_baked == parity.auroc_reference
-    elif precision == "fp16":
-        # fp16 weights keep 11 bits: goods whose scores lie 0.02% apart may swap, which moves no verdict.
-        assert parity.score_rel_diff_max <= FP16_REL_TOLERANCE
-        assert parity.spearman >= FP16_MIN_SPEARMAN and parity.verdict_agreement == 1.0
+        assert "i8" in types and "f32" in types  # quantized convolutions beside the float stem
     else:
-        assert parity.score_rel_diff_max <= FP32_REL_TOLERANCE
-        assert parity.spearman >= FP32_MIN_SPEARMAN and parity.verdict_agreement == 1.0
-    # Another defect type, outside the bake's parity set, on the agent's runtime as the bundle picks it.
-    runtime = make_runtime(load_edge_bundle(edge), ModelConfig(path=edge, cache_dir=tmp_path / "cache"))
-    model, _ = load_bundle(bundle)
-    geometry = Geometry(height=TEST_SIZE, width=TEST_SIZE)
-    images = [prepare(read_image(p), geometry).inputs[0] for p in list_images(pipeline.data / "test" / "spot")]
-    with torch.no_grad():
-        reference = model(torch.from_numpy(np.stack(images))).score.numpy()
-    baked = np.array([runtime.infer(image).score for image in images])
-    tolerance = 0.1 if precision == "int8" else (FP16_REL_TOLERANCE if precision == "fp16" else FP32_REL_TOLERANCE)
-    np.testing.assert_allclose(baked, reference, rtol=tolerance)
+        assert manifest.calibration is None and "i8" not in types
+    scores = _agent_scores(edge, _spot_images(pipeline), tmp_path / "cache")
+    assert np.isfinite(scores).all() and (scores > 0).all()
 
 
+def test_patchcore_int8_bake_completes_with_its_structure(pipeline: Pipeline, tmp_path: Path) -> None:
+    _check_reduced_bake(pipeline.model, pipeline, tmp_path, "int8")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", REDUCED)
+def test_reduced_precision_bake_completes_with_its_structure(
+    bundle: Path, pipeline: Pipeline, tmp_path: Path, precision: str
+) -> None:
+    _check_reduced_bake(bundle, pipeline, tmp_path, precision)
+
+
+def test_reduced_precision_bake_refuses_with_too_few_images_to_judge(pipeline: Pipeline, tmp_path: Path) -> None:
+    """The tiny set holds 12 validation goods and 3 defects; the default guard needs 64 images."""
+    edge = tmp_path / "edge"
+    defects = pipeline.data / "test" / "scratch"
+    with pytest.raises(BakeError, match=r"^int8 bundle refused: the accuracy guard needs at least 64 images"):
+        bake(BakeOptions(bundle=pipeline.model, out=edge, precision="int8", defects=defects))
+    assert not edge.exists() and not list(tmp_path.glob(".bake-*"))
+
+
+SHIFT = 3.0  # every good part's score far over the threshold
+
+
+class ShiftedRuntime:
+    """The real runtime with every score moved: a parity result forced bad, whatever the CPU."""
+
+    def __init__(self, runtime: Runtime, factor: float) -> None:
+        self.runtime, self.factor = runtime, factor
+
+    def infer(self, image: np.ndarray) -> Inference:
+        out = self.runtime.infer(image)
+        return Inference(out.anomaly_map, out.score * self.factor)
+
+
+def test_a_bake_whose_parity_is_forced_bad_leaves_no_output(pipeline: Pipeline, tmp_path: Path) -> None:
+    edge = tmp_path / "edge"
+    defects = pipeline.data / "test" / "scratch"
+    judging = Guard(min_images=0)
+    options = BakeOptions(bundle=pipeline.model, out=edge, precision="fp16", defects=defects, guard=judging)
+    with pytest.raises(BakeError, match=r"^fp16 bundle refused: .* verdicts flip against torch outside ±5%"):
+        bake(options, open_runtime=lambda o, folder: ShiftedRuntime(agent_runtime(o, folder), SHIFT))
+    assert not edge.exists() and not list(tmp_path.glob(".bake-*"))
+
+
+@pytest.mark.slow
 def test_lite2_patchcore_bakes_with_fp32_parity(pipeline: Pipeline, tmp_path: Path) -> None:
     """The recipe's other backbone goes through fit and bake like the default one."""
     recipe = tmp_path / "recipe.yaml"
@@ -109,24 +168,6 @@ def test_lite2_patchcore_bakes_with_fp32_parity(pipeline: Pipeline, tmp_path: Pa
     parity = bake(BakeOptions(bundle=model, out=tmp_path / "edge")).parity
     assert parity.score_rel_diff_max <= FP32_REL_TOLERANCE
     assert parity.spearman >= FP32_MIN_SPEARMAN
-
-
-def test_int8_guard_refuses_a_broken_quantization(
-    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Plain NNCF PTQ of every layer, calibrated on blank images, wrecks PatchCore's features; the guard must
-    refuse it. (Bake's own int8 scope keeps verdicts even on blank calibration, so it cannot be the culprit.)"""
-
-    def everything_on_blank_images(model: ov.Model, calibration: np.ndarray, scope: str) -> ov.Model:
-        blank = [np.zeros_like(calibration[:1])] * 4
-        return nncf.quantize(model, nncf.Dataset(blank), subset_size=len(blank))
-
-    monkeypatch.setattr(converters.bake, "quantize_openvino", everything_on_blank_images)
-    out = tmp_path / "edge"
-    defects = pipeline.data / "test" / "scratch"
-    with pytest.raises(BakeError, match=r"int8 bundle refused: .*(flip|AUROC drops)"):
-        bake(BakeOptions(bundle=pipeline.model, out=out, precision="int8", defects=defects, guard=Guard()))
-    assert not out.exists()
 
 
 def test_precision_a_target_cannot_run_is_refused(pipeline: Pipeline, tmp_path: Path) -> None:
@@ -143,7 +184,9 @@ def test_tensorrt_target_without_tensorrt_is_refused_unless_the_engine_is_built_
     with pytest.raises(BakeError, match=r"needs TensorRT .* or pass --engine-on-target"):
         bake(BakeOptions(bundle=pipeline.model, out=edge, target="tensorrt", precision="fp16"))
     assert not edge.exists()
-    options = BakeOptions(bundle=pipeline.model, out=edge, target="tensorrt", precision="fp16", engine_on_target=True)
+    options = BakeOptions(
+        bundle=pipeline.model, out=edge, target="tensorrt", precision="fp16", engine_on_target=True, guard=OPEN_GUARD
+    )
     manifest = bake(options)
     assert "TensorRT is not installed here" in caplog.text
     assert set(manifest.files) == {"model.onnx"}
@@ -151,13 +194,15 @@ def test_tensorrt_target_without_tensorrt_is_refused_unless_the_engine_is_built_
     assert runtime.infer(np.zeros((TEST_SIZE, TEST_SIZE, 3), np.uint8)).anomaly_map.shape == (TEST_SIZE, TEST_SIZE)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(
     not tensorrt_available() or TENSORRT not in ort.get_available_providers(),
     reason="needs an NVIDIA GPU with TensorRT and onnxruntime-gpu",
 )
 def test_tensorrt_engine_builds_and_the_agent_runs_on_the_gpu(pipeline: Pipeline, tmp_path: Path) -> None:
     edge = tmp_path / "edge"
-    manifest = bake(BakeOptions(bundle=pipeline.model, out=edge, target="tensorrt", precision="fp16"))
+    options = BakeOptions(bundle=pipeline.model, out=edge, target="tensorrt", precision="fp16", guard=OPEN_GUARD)
+    manifest = bake(options)
     assert "model.engine" in manifest.files
     assert manifest.parity.spearman >= FP32_MIN_SPEARMAN - 1e-3
     runtime = make_runtime(load_edge_bundle(edge), ModelConfig(path=edge, cache_dir=tmp_path / "cache"))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from in_process import run_main
 from pipeline import Pipeline
 
+import trainer.cli
 from trainer.bundle import load_bundle
 from trainer.fit import FitOptions, fit
 
@@ -20,7 +21,7 @@ GPU_SCORE_RTOL = 1e-2
 
 
 def run_trainer(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "trainer.cli", *args], capture_output=True, text=True, timeout=300)
+    return run_main(trainer.cli.main, "trainer", *args)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")

@@ -3,24 +3,24 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import pytest
+from in_process import run_main
 from pipeline import Pipeline
 
+import trainer.cli
 from trainer.bundle import read_manifest
 from trainer.data.layouts import DataError, discover
 from trainer.evaluate import _test_samples, evaluate, write_report
 from trainer.report import summary_table
 
-TRAINER = [sys.executable, "-m", "trainer.cli"]
 DEFECT_TYPES = ("crack", "scratch", "spot")
 
 
 def run_trainer(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*TRAINER, *args], capture_output=True, text=True, timeout=300)
+    return run_main(trainer.cli.main, "trainer", *args)
 
 
 @pytest.fixture(scope="module")

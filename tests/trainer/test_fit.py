@@ -1,24 +1,23 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from in_process import run_main
 from pipeline import Pipeline
 
+import trainer.cli
 from trainer.bundle import BundleError, load_bundle
 from trainer.data.synthetic import SyntheticSpec, generate
 from trainer.fit import calibrate_threshold, load_recipe
 
-TRAINER = [sys.executable, "-m", "trainer.cli"]
-
 
 def run_trainer(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*TRAINER, *args], capture_output=True, text=True, timeout=300)
+    return run_main(trainer.cli.main, "trainer", *args)
 
 
 def test_bundle_has_manifest_weights_and_separates_defects(pipeline: Pipeline) -> None:

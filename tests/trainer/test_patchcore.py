@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from trainer.models.fit_result import FitResult
 from trainer.models.patchcore import PatchCore, PatchCoreRecipe
-from trainer.models.patchcore.model import HIDDEN_DISTANCE, Hidden, nearest_in_eager, patch_rows, smallest
+from trainer.models.patchcore.model import nearest_in_eager, patch_rows, smallest
 
 SIZE = 64
 
@@ -18,7 +18,6 @@ def _parts(count: int, seed: int) -> np.ndarray:
 
 
 def _model(shortlist_dim: int = 32) -> PatchCore:
-    # No reweighting: hiding bank entries can then only raise a score, which is what these tests check.
     recipe = PatchCoreRecipe(
         input_size=(SIZE, SIZE),
         min_memory_bank=100_000,
@@ -30,28 +29,19 @@ def _model(shortlist_dim: int = 32) -> PatchCore:
 
 
 @pytest.mark.parametrize("shortlist_dim", [0, 32])
-def test_validation_images_are_scored_without_their_own_bank_entries(shortlist_dim: int) -> None:
+def test_validation_images_stay_out_of_the_bank(shortlist_dim: int) -> None:
     train, val = _parts(4, 0), _parts(3, 1)
     model = _model(shortlist_dim)
     result = model.fit(train, val)
-    assert result.learned_from_validation
     with torch.no_grad():
-        seen = model(torch.from_numpy(val)).score.numpy()
-    out_of_sample = result.validation.score.numpy()
-    # Every patch is in the bank (the bank keeps them all), so seen validation images score about zero
-    # (matmul distances leave a little rounding).
-    assert (out_of_sample > 10 * seen.max()).all()
+        seen = model(torch.from_numpy(train)).score.numpy()
+        again = model(torch.from_numpy(val)).score.numpy()
+    # Every training patch is in the bank (the bank keeps them all), so training images score about zero
+    # (matmul distances leave a little rounding); the validation images, never in it, score far above.
+    assert (result.validation.score.numpy() > 10 * seen.max()).all()
+    np.testing.assert_allclose(result.validation.score.numpy(), again, rtol=1e-4)
     assert result.validation.anomaly_map.shape == (3, 1, SIZE, SIZE)
-
-
-@pytest.mark.parametrize("shortlist_dim", [0, 32])
-def test_validation_hides_a_whole_group_of_inputs(shortlist_dim: int) -> None:
-    train, noise = _parts(4, 0), _parts(1, 2)
-    twins = np.concatenate([noise, noise])  # two overlapping tiles of one frame, at the extreme
-    apart = _model(shortlist_dim).fit(train, twins, val_groups=np.array([0, 1])).validation.score.numpy()
-    together = _model(shortlist_dim).fit(train, twins, val_groups=np.array([0, 0])).validation.score.numpy()
-    # The coreset keeps one copy of identical patches, so apart, one twin finds them under the other's name.
-    assert apart.min() * 10 < together.min()
+    assert model.memory_bank().shape[0] == 4 * (SIZE // 8) ** 2
 
 
 def test_fit_without_validation_images() -> None:
@@ -177,8 +167,6 @@ def test_the_eager_exact_search_matches_the_graph_form(bank_quantization: str) -
     model = _fitted(bank_quantization=bank_quantization, shortlist_dim=0)
     bank = model.memory_bank()
     queries = model._quantized_queries(torch.randn(300, bank.shape[1]))
-    hide = Hidden(torch.where(torch.rand(3, len(bank)) < 0.3, HIDDEN_DISTANCE, 0.0), 100)
-    for hidden in (None, hide):
-        graph = model._nearest_in_graph(queries, bank, hidden)
-        eager = nearest_in_eager(torch.cat(queries, dim=1), bank, hidden)
-        torch.testing.assert_close(eager, graph, rtol=1e-4, atol=1e-3)
+    graph = model._nearest_in_graph(queries, bank)
+    eager = nearest_in_eager(torch.cat(queries, dim=1), bank)
+    torch.testing.assert_close(eager, graph, rtol=1e-4, atol=1e-3)

@@ -79,7 +79,6 @@ def test_prediction_shapes_and_the_fitted_state(fitted: Fitted, parts: Parts) ->
     assert prediction.anomaly_map.shape == (3, 1, SIZE, SIZE) and prediction.anomaly_map.dtype == torch.float32
     assert prediction.score.shape == (3,)
     assert result.validation.anomaly_map.shape == (len(parts.val), 1, SIZE, SIZE)
-    assert not result.learned_from_validation
     assert 1 <= result.summary["best_epoch"] <= result.summary["epochs_run"] <= model.recipe.epochs
     assert not model.training and not model.head.training
     assert not any(p.requires_grad for p in model.backbone.parameters())

@@ -13,6 +13,3 @@ class FitResult:
 
     summary: dict[str, Any]
     validation: Prediction
-    # True when the model also learned from the validation images (PatchCore's bank holds them), so they are no
-    # longer fair test images for `trainer eval`.
-    learned_from_validation: bool

@@ -142,11 +142,9 @@ class FastFlow(nn.Module):
         train_images: np.ndarray,
         val_images: np.ndarray,
         progress: Callable[[int], None] | None = None,
-        val_groups: np.ndarray | None = None,
     ) -> FitResult:
         """Train the flows on good images (uint8 N x H x W x 3), stopping early on the validation images' NLL.
-        The flows never learn from the validation images, so their scores are out-of-sample as they stand and
-        `val_groups` (which PatchCore needs to hide tiles of one frame from each other) changes nothing here."""
+        The flows never learn from the validation images, so their scores are out-of-sample."""
         started = time.perf_counter()
         device = module_device(self)
         features = self._extract(np.concatenate([train_images, val_images]), progress, device)
@@ -170,7 +168,7 @@ class FastFlow(nn.Module):
             "training_s": round(trained - extracted, 2),
             "validation_s": round(time.perf_counter() - trained, 2),
         }
-        return FitResult(summary, validation, learned_from_validation=False)
+        return FitResult(summary, validation)
 
     def _extract(
         self, images: np.ndarray, progress: Callable[[int], None] | None, device: torch.device

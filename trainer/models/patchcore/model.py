@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,16 +35,14 @@ from trainer.models.prediction import Prediction
 from trainer.models.smoothing import gaussian_kernel, upsample_blur
 
 FLOAT_BYTES = 4
-# Added to the squared distance of a hidden bank entry: far beyond any real feature distance.
-HIDDEN_DISTANCE = 1e12
 # int8 query features cover this many times the largest training feature, so a defect's unusually strong
 # features are still told apart instead of being clipped to the normal range.
 QUERY_RANGE_MARGIN = 2.0
 INT8_LOW, INT8_HIGH = -128, 127
 # Bank entries per group in the shortlist's first TopK (see `smallest`); the bank's index is padded to a whole
-# number of groups with entries ranked beyond any real or hidden one.
+# number of groups with entries ranked beyond any real one.
 SHORTLIST_GROUP = 8
-PADDING_RANK = 1e3 * HIDDEN_DISTANCE
+PADDING_RANK = 1e15
 # Validation inputs scored at once; each holds a patches x bank distance matrix, so this bounds fit's peak RSS.
 VALIDATION_BATCH = 2
 # Default taps: the last blocks of these backbone stages (stride 8 and stride 16).
@@ -125,13 +122,11 @@ def smallest(values: torch.Tensor, k: int, group: int) -> torch.Tensor:
     return members.gather(1, best)
 
 
-def nearest_in_eager(queries: torch.Tensor, bank: torch.Tensor, hide: Hidden | None) -> torch.Tensor:
+def nearest_in_eager(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     """Squared L2 from each query to its nearest bank entry, in torch eager (fit's validation, `trainer eval`):
     the same sums as the baked graph's per-tap form, in one matmul whose output stage adds the bank norms, with
     no rows x N temporaries. Four times faster at 7,168 entries, which made validation a third of a 700-image fit."""
     partial = torch.addmm((bank * bank).sum(-1), queries, bank.T, alpha=-2)
-    if hide is not None:
-        partial.view(len(hide.distance), hide.per_image, -1).add_(hide.distance.unsqueeze(1))
     return (partial.min(dim=1).values + (queries * queries).sum(-1)).clamp_min(0)
 
 
@@ -156,15 +151,6 @@ def patch_rows(chunks: list[np.ndarray]) -> np.ndarray:
         rows[start:stop] = batch.transpose(0, 2, 3, 1).reshape(-1, d)
         start = stop
     return rows
-
-
-@dataclass(frozen=True)
-class Hidden:
-    """Bank entries hidden from each image's patches: `distance` (images x N) is added to the squared distances
-    of every one of an image's `per_image` patches, without a copy per patch."""
-
-    distance: torch.Tensor
-    per_image: int
 
 
 class PatchCore(nn.Module):
@@ -257,17 +243,13 @@ class PatchCore(nn.Module):
         features = locally_aware(self.backbone.features(lite_input(image), self.recipe.taps))
         return features if self.channel_weight is None else features * self.channel_weight
 
-    def _reweight(
-        self, patches: torch.Tensor, nearest_sq: torch.Tensor, bank: torch.Tensor, hide: torch.Tensor | None
-    ) -> torch.Tensor:
+    def _reweight(self, patches: torch.Tensor, nearest_sq: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
         """Paper eq. 7: weight in [1 - 1/b, 1) of each image's most anomalous patch. It is close to 1 when that
         patch's nearest bank entry sits in a sparse region of the bank, so rare-but-normal patches count less."""
         n, per_image = nearest_sq.shape
         worst = nearest_sq.argmax(dim=1)  # most anomalous patch per image
         rows = torch.arange(n) * per_image + worst
         to_bank = squared_distances(patches[rows], bank)  # n x N, from each image's worst patch
-        if hide is not None:
-            to_bank = to_bank + hide
         support = self.bank_neighbours[to_bank.argmin(dim=1)]  # n x b, its nearest entry first
         # Gathering distances, not bank rows: OpenVINO mis-gathers rows of a per-column-scaled int8 constant.
         dist = to_bank.gather(1, support).sqrt()
@@ -289,14 +271,14 @@ class PatchCore(nn.Module):
             start += width
         return queries
 
-    def _nearest_in_full(self, queries: list[torch.Tensor], bank: torch.Tensor, hide: Hidden | None) -> torch.Tensor:
+    def _nearest_in_full(self, queries: list[torch.Tensor], bank: torch.Tensor) -> torch.Tensor:
         """Squared L2 from each patch to its nearest bank entry, over the whole bank."""
         # Both exporters trace. torch exports is_tracing unannotated and outside torch.jit.__all__.
         if torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]
-            return self._nearest_in_graph(queries, bank, hide)
-        return nearest_in_eager(torch.cat(queries, dim=1), bank, hide)
+            return self._nearest_in_graph(queries, bank)
+        return nearest_in_eager(torch.cat(queries, dim=1), bank)
 
-    def _nearest_in_graph(self, queries: list[torch.Tensor], bank: torch.Tensor, hide: Hidden | None) -> torch.Tensor:
+    def _nearest_in_graph(self, queries: list[torch.Tensor], bank: torch.Tensor) -> torch.Tensor:
         """The exact search as the baked graph has it. The arg-min only needs |b|^2 - 2ab, which the runtime
         computes as the matmul's own output stage; |a|^2 is added once per patch after the min. With the int8
         bank there is one matmul per tap, int8 x int8 with exact integer sums."""
@@ -308,16 +290,12 @@ class PatchCore(nn.Module):
             partial = partial + ((b * b).sum(-1) - 2 * (q @ b.transpose(0, 1)))
             own = own + (q * q).sum(-1)
             start += q.shape[1]
-        if hide is not None:
-            partial = (partial.view(len(hide.distance), hide.per_image, -1) + hide.distance.unsqueeze(1)).flatten(0, 1)
         return (partial.min(dim=1).values + own).clamp_min(0)
 
-    def _nearest_shortlisted(self, queries: torch.Tensor, bank: torch.Tensor, hide: Hidden | None) -> torch.Tensor:
+    def _nearest_shortlisted(self, queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
         """Squared L2 from each patch to the nearest of the entries closest to it on the bank's principal axes."""
         projected = queries @ self.shortlist_basis
         ranked = self.shortlist_norms - 2 * projected @ self.shortlist_bank.T
-        if hide is not None:  # fit's validation only, where this matrix is the largest: added in place
-            ranked.view(len(hide.distance), hide.per_image, -1)[:, :, : len(bank)] += hide.distance.unsqueeze(1)
         shortlist = smallest(ranked, min(self.recipe.shortlist_size, len(bank)), SHORTLIST_GROUP)
         if self.recipe.bank_quantization == "int8":
             # Gathering the codes and scaling after: OpenVINO mis-gathers rows of a per-column-scaled int8 constant.
@@ -325,46 +303,36 @@ class PatchCore(nn.Module):
         else:
             entries = bank[shortlist]
         exact = ((queries.unsqueeze(1) - entries) ** 2).sum(-1)
-        if hide is not None:
-            image = (torch.arange(len(shortlist)) // hide.per_image).unsqueeze(1)
-            exact = exact + hide.distance[image, shortlist]
         return exact.min(dim=1).values
 
-    def _nearest_squared(self, patches: torch.Tensor, bank: torch.Tensor, hide: Hidden | None) -> torch.Tensor:
+    def _nearest_squared(self, patches: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
         queries = self._quantized_queries(patches)
         if self.recipe.shortlist_dim == 0:
-            return self._nearest_in_full(queries, bank, hide)
-        return self._nearest_shortlisted(torch.cat(queries, dim=1), bank, hide)
+            return self._nearest_in_full(queries, bank)
+        return self._nearest_shortlisted(torch.cat(queries, dim=1), bank)
 
     def forward(self, image: torch.Tensor) -> Prediction:
         return self._predict(self.embed(image), (image.shape[1], image.shape[2]))
 
-    def _predict(self, feats: torch.Tensor, size: tuple[int, int], hidden: torch.Tensor | None = None) -> Prediction:
-        """Scores patch features. `hidden` (n x N bool) hides bank entries from each image: fit scores its
-        validation images without the entries they contributed, as if they had been held out."""
+    def _predict(self, feats: torch.Tensor, size: tuple[int, int]) -> Prediction:
         n, d, h, w = feats.shape
         patches = feats.permute(0, 2, 3, 1).reshape(-1, d)
         bank = self.memory_bank()
-        hide = None if hidden is None else hidden.float() * HIDDEN_DISTANCE
-        nearest_sq = self._nearest_squared(patches, bank, None if hide is None else Hidden(hide, h * w))
+        nearest_sq = self._nearest_squared(patches, bank)
         amap = nearest_sq.sqrt().reshape(n, 1, h, w)
         amap = upsample_blur(amap, size, self.blur_kernel)
         score = amap.amax(dim=(1, 2, 3))
         if self.recipe.reweight_neighbours > 0:
-            score = score * self._reweight(patches, nearest_sq.reshape(n, h * w), bank, hide)
+            score = score * self._reweight(patches, nearest_sq.reshape(n, h * w), bank)
         return Prediction(anomaly_map=amap, score=score)
 
     @torch.no_grad()
     def fit(
-        self,
-        train_images: np.ndarray,
-        val_images: np.ndarray,
-        progress: Callable[[int], None] | None = None,
-        val_groups: np.ndarray | None = None,
+        self, train_images: np.ndarray, val_images: np.ndarray, progress: Callable[[int], None] | None = None
     ) -> FitResult:
-        """Build the memory bank from good images (uint8 N x H x W x 3), the validation images included: a bank
-        grows better with every good image. Each validation input is then scored with the entries of its group
-        (its frame; tiles of one frame overlap) hidden, so its scores are out-of-sample."""
+        """Build the memory bank from the training images (uint8 N x H x W x 3) and score the validation images
+        against it. They stay out of the bank, so their scores, the threshold set from them and every bake's
+        parity check judge images the model never learned from."""
         # PatchCore does not train: its features come fastest through OpenVINO on the CPU, whatever --device says.
         self.cpu()
         started = time.perf_counter()
@@ -373,6 +341,8 @@ class PatchCore(nn.Module):
         )
         d, h, w = chunks[0].shape[1:]
         features = patch_rows(chunks)
+        val_features = torch.from_numpy(features[len(train_images) * h * w :].copy()).reshape(-1, h, w, d)
+        features = features[: len(train_images) * h * w]
         n_patches = len(features)
         extracted = time.perf_counter()
         rows = np.arange(len(features))
@@ -385,16 +355,9 @@ class PatchCore(nn.Module):
         bank = np.ascontiguousarray(features[rows[chosen]], dtype=np.float32)
         selected = time.perf_counter()
         self.set_bank(bank, features)
+        del features  # the largest array of the fit
         quantized = time.perf_counter()
-        # Group of every bank entry: -1 for training images, else its validation input's group.
-        groups = np.arange(len(val_images)) if val_groups is None else np.asarray(val_groups)
-        input_of_entry = rows[chosen] // (h * w) - len(train_images)
-        lookup = np.append(groups, -1)  # the last slot answers for training entries
-        entry_group = torch.from_numpy(lookup[np.where(input_of_entry >= 0, input_of_entry, len(groups))])
-        val_features = torch.from_numpy(features[len(train_images) * h * w :].copy()).reshape(-1, h, w, d)
-        del features  # the largest array of the fit; scoring below needs only the validation rows
-        val_features = val_features.permute(0, 3, 1, 2)
-        validation = self._score_hidden(val_features, entry_group, torch.from_numpy(groups))
+        validation = self._score(val_features.permute(0, 3, 1, 2))
         summary = {
             "patches": n_patches,
             "candidates": len(rows),
@@ -407,17 +370,13 @@ class PatchCore(nn.Module):
             "quantize_s": round(quantized - selected, 2),
             "validation_s": round(time.perf_counter() - quantized, 2),
         }
-        return FitResult(summary, validation, learned_from_validation=True)
+        return FitResult(summary, validation)
 
-    def _score_hidden(self, feats: torch.Tensor, entry_group: torch.Tensor, groups: torch.Tensor) -> Prediction:
+    def _score(self, feats: torch.Tensor) -> Prediction:
         size = (self.recipe.input_size[0], self.recipe.input_size[1])
-        parts = []
-        for start in range(0, len(feats), VALIDATION_BATCH):
-            stop = start + VALIDATION_BATCH
-            hidden = entry_group.unsqueeze(0) == groups[start:stop].unsqueeze(1)
-            parts.append(self._predict(feats[start:stop], size, hidden))
-        if not parts:
+        if len(feats) == 0:
             return Prediction(torch.zeros(0, 1, *size), torch.zeros(0))
+        parts = [self._predict(feats[i : i + VALIDATION_BATCH], size) for i in range(0, len(feats), VALIDATION_BATCH)]
         return Prediction(torch.cat([p.anomaly_map for p in parts]), torch.cat([p.score for p in parts]))
 
     def set_bank(self, bank: np.ndarray, features: np.ndarray) -> None:

@@ -80,11 +80,10 @@ class SimpleNet(nn.Module):
         train_images: np.ndarray,
         val_images: np.ndarray,
         progress: Callable[[int], None] | None = None,
-        val_groups: np.ndarray | None = None,
     ) -> FitResult:
         """Train the head on the frozen features of good images (uint8 K x H x W x 3). The validation images
-        only decide when training stops; the head never learns from them, so their scores are out-of-sample
-        whichever frame (`val_groups`) they came from. Every random draw (initialization, shuffling, noise)
+        only decide when training stops; the head never learns from them, so their scores are out-of-sample.
+        Every random draw (initialization, shuffling, noise)
         comes from a generator seeded with the recipe's seed, so a seed gives the same head."""
         size = (self.recipe.input_size[0], self.recipe.input_size[1])
         started = time.perf_counter()
@@ -108,4 +107,4 @@ class SimpleNet(nn.Module):
             "train_s": round(trained - extracted, 2),
             "validation_s": round(time.perf_counter() - trained, 2),
         }
-        return FitResult(summary, validation, learned_from_validation=False)
+        return FitResult(summary, validation)
