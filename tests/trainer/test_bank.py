@@ -44,7 +44,10 @@ def images() -> np.ndarray:
     return np.clip(base + rng.integers(-8, 8, (12, SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("quantization", ["none", "int8", "pq"])
+# The default (int8) in the fast suite; the other forms bake the same graph around another decode.
+@pytest.mark.parametrize(
+    "quantization", [pytest.param("none", marks=pytest.mark.slow), "int8", pytest.param("pq", marks=pytest.mark.slow)]
+)
 def test_each_bank_form_scores_alike_and_bakes_with_parity(
     quantization: str, images: np.ndarray, tmp_path: Path
 ) -> None:

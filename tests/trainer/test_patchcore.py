@@ -166,7 +166,8 @@ def test_patch_rows_lays_out_every_patch_image_by_image_and_releases_the_batches
 def test_the_eager_exact_search_matches_the_graph_form(bank_quantization: str) -> None:
     model = _fitted(bank_quantization=bank_quantization, shortlist_dim=0)
     bank = model.memory_bank()
-    queries = model._quantized_queries(torch.randn(300, bank.shape[1]))
-    graph = model._nearest_in_graph(queries, bank)
-    eager = nearest_in_eager(torch.cat(queries, dim=1), bank)
+    maps = torch.randn(3, bank.shape[1], 10, 10)
+    patches = maps.permute(0, 2, 3, 1).reshape(-1, bank.shape[1])
+    graph = model._nearest_in_graph(model._quantized_queries(maps))
+    eager = nearest_in_eager(torch.cat(model._quantized_queries(patches), dim=1), bank)
     torch.testing.assert_close(eager, graph, rtol=1e-4, atol=1e-3)
