@@ -22,7 +22,7 @@ from typing import Literal
 import yaml
 
 HOST = "127.0.0.1"
-START_TIMEOUT_S = 10.0
+START_TIMEOUT_S = 30.0  # generous: a loaded machine starts a Python broker (amqtt) slowly
 MOSQUITTO_MISSING = "mosquitto not found; install it with apt-get install mosquitto"
 _MOSQUITTO_DIRS = ("/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin")
 
@@ -39,10 +39,43 @@ class Broker:
 
 
 def free_port() -> int:
-    """A TCP port nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    """A loopback TCP port nothing listens on, kept from the OS's other picks for about a minute.
+
+    Found free, closed, then bound by a broker later: in between, anything else on the machine may take it. So the
+    port is left in TIME_WAIT (listened on, connected to once, closed server side first): while it waits, the kernel
+    hands it to no other bind(0) and no outgoing connection, but a server that sets SO_REUSEADDR, as mosquitto,
+    asyncio (amqtt) and http.server do, can still listen on it. That narrows the race; `start_mosquitto` also
+    retries on a new port where it picked the port itself.
+    """
+    return _hold(0)
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free loopback ports, each held as `free_port` holds one: for an agent, whose
+    camera N (in its config's order) serves metrics on `metrics.port` + N."""
+    for _ in range(100):
+        first = free_port()
+        try:
+            for port in range(first + 1, first + count):
+                _hold(port)
+        except OSError:  # taken, or past the last port: start again elsewhere
+            continue
+        return first
+    raise RuntimeError(f"found no {count} consecutive free ports on {HOST}")
+
+
+def _hold(port: int) -> int:
+    """Leaves `port` (0: one the OS picks) in TIME_WAIT, as `free_port` says; OSError where it is taken."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        # Inherited by the accepted socket and its TIME_WAIT: without it the broker's own bind would be refused too.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((HOST, port))
+        listener.listen(1)
+        held = int(listener.getsockname()[1])
+        with socket.create_connection((HOST, held), timeout=START_TIMEOUT_S):
+            accepted, _ = listener.accept()
+            accepted.close()  # the side that closes first is the one left in TIME_WAIT: the port's side
+    return held
 
 
 def find_mosquitto() -> str | None:
@@ -68,6 +101,10 @@ def run_broker(port: int | None = None) -> Iterator[Broker]:
 
 
 ANONYMOUS = "allow_anonymous true"
+MOSQUITTO_RUNNING = " running"  # "mosquitto version 2.0.11 running"
+AMQTT_LISTENING = "Listener 'default' bind to"
+BIND_FAILED = "address already in use"  # mosquitto's and asyncio's, whatever the case
+START_ATTEMPTS = 5
 
 
 @contextmanager
@@ -83,7 +120,8 @@ def start_mosquitto(port: int | None = None, listener_settings: str = ANONYMOUS)
         conf.write_text(f"listener {port} {HOST}\n{listener_settings}\npersistence false\nlog_dest stderr\n")
         return [exe, "-c", str(conf)]
 
-    with _broker_process("mosquitto", port, config) as broker:
+    # Logged once every listener is bound: a connection before it could reach whoever else holds the port.
+    with _broker_process("mosquitto", port, config, ready_line=MOSQUITTO_RUNNING) as broker:
         yield broker
 
 
@@ -100,16 +138,20 @@ def start_amqtt(port: int | None = None) -> Iterator[Broker]:
         conf.write_text(yaml.safe_dump(body))
         return [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(conf)]
 
-    with _broker_process("amqtt", port, config) as broker:
+    with _broker_process("amqtt", port, config, ready_line=AMQTT_LISTENING) as broker:
         yield broker
 
 
 @contextmanager
-def _broker_process(kind: BrokerKind, port: int | None, config: ConfigWriter) -> Iterator[Broker]:
+def _broker_process(
+    kind: BrokerKind, port: int | None, config: ConfigWriter, ready_line: str | None = None
+) -> Iterator[Broker]:
+    """The broker on `port`, or on a free port; `ready_line`: a line of its log that says it has bound its port."""
     with tempfile.TemporaryDirectory(prefix=f"{kind}-") as tmp:
         folder = Path(tmp)
-        # A port picked by us may be taken by someone else before the broker binds it: try a few.
-        attempts = 1 if port is not None else 3
+        # A port we picked may still be taken by someone else before the broker binds it: then try another. A port the
+        # caller gave is theirs to pick (a restart on the same port): one try, and the error says what happened.
+        attempts = 1 if port is not None else START_ATTEMPTS
         for attempt in range(attempts):
             chosen = port if port is not None else free_port()
             argv = config(chosen, folder)
@@ -117,11 +159,14 @@ def _broker_process(kind: BrokerKind, port: int | None, config: ConfigWriter) ->
             with log_path.open("wb") as log_file:
                 proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             try:
-                _wait_until_listening(proc, chosen, log_path, kind)
+                _wait_until_listening(proc, chosen, log_path, kind, ready_line)
             except _BrokerExited:
+                _terminate(proc)
                 if attempt + 1 < attempts:
                     continue
-                raise RuntimeError(f"{kind} exited at start on port {chosen}: {_tail(log_path)}") from None
+                raise RuntimeError(
+                    f"{kind} could not start on port {chosen} ({attempts} attempt(s)): {_tail(log_path)}"
+                ) from None
             except BaseException:
                 _terminate(proc)
                 raise
@@ -133,24 +178,35 @@ def _broker_process(kind: BrokerKind, port: int | None, config: ConfigWriter) ->
 
 
 class _BrokerExited(Exception):
-    pass
+    """The broker ended, or said it could not bind its port, before it was ready."""
 
 
-def _wait_until_listening(proc: subprocess.Popen[bytes], port: int, log_path: Path, kind: str) -> None:
+def _wait_until_listening(
+    proc: subprocess.Popen[bytes], port: int, log_path: Path, kind: str, ready_line: str | None
+) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         if proc.poll() is not None:
             raise _BrokerExited
-        try:
-            with socket.create_connection((HOST, port), timeout=0.2):
-                return
-        except OSError:
-            pass
+        log = _tail(log_path)
+        if BIND_FAILED in log.lower():  # the broker ends soon after, or stays up without a listener (amqtt)
+            raise _BrokerExited
+        if ready_line is None or ready_line in log:
+            try:
+                with socket.create_connection((HOST, port), timeout=0.2):
+                    pass
+            except OSError:
+                pass
+            else:
+                # Still alive after the connection: it was ours that accepted it, not someone else's listener.
+                if proc.poll() is None:
+                    return
+                raise _BrokerExited
         if time.monotonic() > deadline:
             raise RuntimeError(
                 f"{kind} did not accept connections on {HOST}:{port} within {START_TIMEOUT_S:.0f} s: {_tail(log_path)}"
             )
-        time.sleep(0.02)
+        time.sleep(0.02)  # polling a child process's start; nothing to wait on instead
 
 
 def _terminate(proc: subprocess.Popen[bytes]) -> None:

@@ -14,6 +14,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 Message = tuple[str, bytes, bool]  # topic, payload, retain flag
+# Generous, as `start` returns at the SUBACK: only a broker that never answers costs the wait.
+SUBSCRIBE_TIMEOUT_S = 30.0
 
 
 class MqttCollector:
@@ -35,7 +37,7 @@ class MqttCollector:
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
 
-    def start(self, timeout_s: float = 5.0) -> MqttCollector:
+    def start(self, timeout_s: float = SUBSCRIBE_TIMEOUT_S) -> MqttCollector:
         self._client.connect(self.host, self.port, keepalive=30)
         self._client.loop_start()
         if not self._subscribed.wait(timeout_s):

@@ -12,8 +12,9 @@ from pathlib import Path
 import yaml
 from pipeline import Pipeline
 
-from demo.broker import Broker
+from demo.broker import Broker, free_ports
 from demo.collector import MqttCollector
+from tests.edge_agent.waiting import WAIT_S
 
 AGENT = [sys.executable, "-m", "edge_agent.cli"]
 STATION = "line1"
@@ -32,13 +33,17 @@ def flat_replay(pipeline: Pipeline, folder: Path) -> dict[str, bool]:
 
 
 def agent_config(tmp_path: Path, broker: Broker, pipeline: Pipeline, camera: dict[str, object]) -> Path:
+    cameras = {"cam0": camera, "gige0": {"source": "genicam", "cti": "viky"}}
     config = {
         "version": 1,
         "station": STATION,
-        "cameras": {"cam0": camera, "gige0": {"source": "genicam", "cti": "viky"}},
+        "cameras": cameras,
         "model": {"path": str(pipeline.edge)},
         "mqtt": {"host": broker.host, "port": broker.port, "store_dir": str(tmp_path / "outbox")},
         "archive": {"path": str(tmp_path / "archive")},
+        # Not the fixed default (9108), which another agent on this machine, or another test, may hold. Camera N
+        # serves on port + N, so one free port per camera.
+        "metrics": {"port": free_ports(len(cameras))},
     }
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -61,7 +66,7 @@ def test_replay_verdicts_reach_the_broker_and_defects_are_rejects(
         result = run_agent("--camera", "cam0", "--config", str(config))
         assert result.returncode == 0, result.stderr
         # The agent exits only after the broker acknowledged everything, so all messages are there now.
-        payloads = [json.loads(m[1]) for m in verdicts.wait_for(len(truth), 5.0)]
+        payloads = [json.loads(m[1]) for m in verdicts.wait_for(len(truth), WAIT_S)]
         reject_payloads = [json.loads(m[1]) for m in rejects.messages]
     assert len(payloads) == len(truth)
     keys = {"frame_id", "camera", "captured_at", "published_at", "latency_ms", "score", "threshold", "verdict"}
@@ -81,7 +86,7 @@ def test_genicam_simulator_through_the_agent(tmp_path: Path, mqtt_broker: Broker
     with MqttCollector(mqtt_broker.host, mqtt_broker.port, f"inspect/{STATION}/gige0/verdict") as verdicts:
         result = run_agent("--camera", "gige0", "--config", str(config), "--max-frames", "5")
         assert result.returncode == 0, result.stderr
-        payloads = [json.loads(m[1]) for m in verdicts.wait_for(5, 5.0)]
+        payloads = [json.loads(m[1]) for m in verdicts.wait_for(5, WAIT_S)]
     assert [p["frame_id"] for p in payloads] == [1, 2, 3, 4, 5]
     assert all(p["verdict"] in ("ok", "reject") for p in payloads)
 
@@ -102,12 +107,12 @@ def test_sigterm_stops_cleanly_after_delivering_in_flight_verdicts(
             stderr=subprocess.PIPE,
             text=True,
         )
-        verdicts.wait_for(10, 60.0)
+        verdicts.wait_for(10, WAIT_S)
         agent.send_signal(signal.SIGTERM)
         out, err = agent.communicate(timeout=60)
         assert agent.returncode == 0, err
         frames = int(out.split("cam0: ")[1].split(" frames")[0])
         # Delivered = acknowledged to the agent; the broker forwards to subscribers on its own schedule.
-        assert len(verdicts.wait_for(frames, 10.0)) == frames
-        assert [m[1] for m in status.wait_for(2, 10.0)] == [b"online", b"offline"]
+        assert len(verdicts.wait_for(frames, WAIT_S)) == frames
+        assert [m[1] for m in status.wait_for(2, WAIT_S)] == [b"online", b"offline"]
     assert "SIGTERM received" in err

@@ -69,7 +69,7 @@ def test_reload_by_mqtt_and_sighup_swaps_without_losing_a_frame_and_refuses_a_co
             out, err = agent.communicate(timeout=60)
         assert agent.returncode == 0, err
         frames = int(out.split("cam0: ")[1].split(" frames")[0])
-        payloads = [json.loads(m[1]) for m in verdicts.wait_for(frames, 10.0)]
+        payloads = [json.loads(m[1]) for m in verdicts.wait_for(frames, WAIT_S)]
         happened = [json.loads(m[1]) for m in events.messages]
     assert [e["event"] for e in happened] == ["reload_failed", "reloaded", "reloaded", "command_refused"]
     assert "sha256" in happened[0]["reason"] and happened[0]["model"] != version

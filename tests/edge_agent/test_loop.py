@@ -22,6 +22,8 @@ from edge_agent.model import ModelInfo
 from edge_agent.publish.fake import FakePublisher
 from edge_agent.runtimes.base import Inference
 from edge_agent.runtimes.fake import FakeRuntime
+from edge_agent.verdict import Verdict
+from tests.edge_agent.waiting import WAIT_S, wait_for_event, wait_until
 
 MODEL = ModelInfo(version="test-1", threshold=100.0, score_scale=100.0, geometry=Geometry(height=16, width=16))
 
@@ -88,12 +90,25 @@ def test_max_frames_with_looping_replay(tmp_path: Path) -> None:
     assert [v.frame_id for v in publisher.verdicts] == list(range(1, 8))
 
 
+class StopAfter(FakePublisher):
+    """Sets `stop` once `count` verdicts were published: the stop comes mid-run, whatever the machine's speed."""
+
+    def __init__(self, count: int, stop: threading.Event) -> None:
+        super().__init__()
+        self._count = count
+        self._stop = stop
+
+    def publish(self, verdict: Verdict) -> None:
+        super().publish(verdict)
+        if len(self.verdicts) >= self._count:
+            self._stop.set()
+
+
 def test_stop_event_ends_a_live_run_and_delivers_in_flight_frames(tmp_path: Path) -> None:
-    publisher = FakePublisher()
-    camera = replay(tmp_path, [1, 2, 3], loop=True, fps=200)
     stop = threading.Event()
+    publisher = StopAfter(6, stop)
+    camera = replay(tmp_path, [1, 2, 3], loop=True, fps=200)
     loop = InspectionLoop(camera, FakeRuntime(brightness), publisher, MODEL, LoopOptions())
-    threading.Timer(0.3, stop.set).start()
     summary = loop.run(stop)
     assert summary.frames > 5
     assert summary.frames == len(publisher.verdicts)
@@ -102,7 +117,7 @@ def test_stop_event_ends_a_live_run_and_delivers_in_flight_frames(tmp_path: Path
 
 class SlowRuntime:
     def infer(self, image: np.ndarray) -> Inference:
-        time.sleep(0.02)
+        time.sleep(0.02)  # stands for inference time
         return Inference(np.zeros(image.shape[:2], np.float32), 0.0)
 
 
@@ -123,17 +138,53 @@ class FastCamera:
         if self.left == 0:
             raise EndOfStream
         self.left -= 1
-        time.sleep(0.001)
+        time.sleep(0.001)  # a camera's frame interval; a busy machine only makes it longer
         return Frame(np.zeros((16, 16, 3), np.uint8), 100 - self.left, time.time(), time.monotonic())
 
 
+class StuckRuntime:
+    """Inference that takes as long as the camera needs to send all its frames: held on its first frame until
+    `release` is set, so how many frames the loop judges no longer depends on the machine's speed."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def infer(self, image: np.ndarray) -> Inference:
+        self.entered.set()
+        wait_for_event(self.release, "the camera to send its last frame")
+        return Inference(np.zeros(image.shape[:2], np.float32), 0.0)
+
+
+class CameraOutrunningInference(FastCamera):
+    """Frame 1, then (once inference is busy with it) the rest without waiting, then releases inference."""
+
+    def __init__(self, frames: int, runtime: StuckRuntime) -> None:
+        super().__init__(frames)
+        self._frames = frames
+        self._runtime = runtime
+
+    def grab(self, timeout_s: float) -> Frame | None:
+        if self.left == self._frames - 1:  # frame 1 given: the next ones come while inference holds it
+            wait_for_event(self._runtime.entered, "inference to start on frame 1")
+        if self.left == 0:
+            self._runtime.release.set()
+        return super().grab(timeout_s)
+
+
 def test_live_camera_is_never_blocked_and_drops_are_counted() -> None:
+    frames, queue_size = 100, 2
     publisher = FakePublisher()
-    options = LoopOptions(queue_size=2, deadline_ms=5)
-    summary = InspectionLoop(FastCamera(100), SlowRuntime(), publisher, MODEL, options).run(threading.Event())
-    assert summary.dropped > 50
-    assert summary.frames + summary.dropped == 100
-    assert summary.late > 0 and any(v.late for v in publisher.verdicts)
+    runtime = StuckRuntime()
+    options = LoopOptions(queue_size=queue_size, deadline_ms=5)
+    camera = CameraOutrunningInference(frames, runtime)
+    summary = InspectionLoop(camera, runtime, publisher, MODEL, options).run(threading.Event())
+    # The camera sent all its frames while inference sat on frame 1: it was never blocked. Of the 99 frames sent
+    # meanwhile only the newest `queue_size` were kept; every other one was dropped and counted.
+    assert summary.frames == 1 + queue_size and summary.dropped == frames - 1 - queue_size
+    assert [v.frame_id for v in publisher.verdicts] == [1, frames - 1, frames]
+    # Frame 1 waited for the other 99 frames (a millisecond each, at least): far past its 5 ms deadline.
+    assert summary.late > 0 and publisher.verdicts[0].late
 
 
 class FlakyCamera(FastCamera):
@@ -170,9 +221,12 @@ def test_frame_queue_blocking_mode_never_drops() -> None:
     got: list[int] = []
 
     def consume() -> None:
-        while (item := q.get(1.0)) is not None:
-            got.append(item)
-            time.sleep(0.001)
+        # Until closed and drained: a get that times out (the producer is slow on a busy machine) is no end.
+        while not q.finished:
+            item = q.get(1.0)
+            if item is not None:
+                got.append(item)
+                time.sleep(0.001)  # a slow consumer, so the producer must wait for room
 
     consumer = threading.Thread(target=consume)
     consumer.start()
@@ -210,25 +264,29 @@ def test_folder_camera_missing_or_empty_folder(tmp_path: Path) -> None:
 
 
 class SilentCamera(FastCamera):
-    """Open, but never delivers a frame: a camera that hung or lost its link."""
+    """Open, but never delivers a frame: a camera that hung or lost its link. Sets `stop` at its `reopens`-th
+    reopen, so the loop has declared it lost that many times, however long each took on a busy machine."""
 
-    def __init__(self) -> None:
+    def __init__(self, reopens: int, stop: threading.Event) -> None:
         super().__init__(0)
         self.reopened = 0
+        self._reopens = reopens
+        self._stop = stop
 
     def open(self) -> None:
         self.reopened += 1
+        if self.reopened >= self._reopens:
+            self._stop.set()
 
     def grab(self, timeout_s: float) -> Frame | None:
-        time.sleep(timeout_s)
+        time.sleep(timeout_s)  # waits its whole timeout for a frame that never comes
         return None
 
 
 def test_no_frame_within_the_timeout_counts_as_a_camera_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("edge_agent.loop.RECONNECT_BACKOFF_S", (0.01,))
-    camera = SilentCamera()
     stop = threading.Event()
-    threading.Timer(0.5, stop.set).start()
+    camera = SilentCamera(2, stop)
     options = LoopOptions(grab_timeout_s=0.02, frame_timeout_s=0.1)
     publisher = FakePublisher()
     summary = InspectionLoop(camera, SlowRuntime(), publisher, MODEL, options).run(stop)
@@ -239,14 +297,17 @@ def test_no_frame_within_the_timeout_counts_as_a_camera_failure(monkeypatch: pyt
 
 
 class IdleAfterOneFrame(FastCamera):
-    """One frame, then a camera waiting for a trigger that never comes (grab returns None)."""
+    """One frame, then a camera waiting for a trigger that never comes (grab returns None). Counts those idle
+    grabs, so the test can wait for a number of them rather than for a time."""
 
     def __init__(self) -> None:
         super().__init__(1)
+        self.idle_grabs = 0
 
     def grab(self, timeout_s: float) -> Frame | None:
         if self.left == 0:
-            time.sleep(0.005)
+            time.sleep(0.005)  # a trigger wait, returning empty-handed
+            self.idle_grabs += 1
             return None
         return super().grab(timeout_s)
 
@@ -258,7 +319,7 @@ class HangingRuntime:
 
     def infer(self, image: np.ndarray) -> Inference:
         self.entered.set()
-        self.release.wait(10)
+        wait_for_event(self.release, "the test to release inference")
         return Inference(np.zeros(image.shape[:2], np.float32), 0.0)
 
 
@@ -272,18 +333,24 @@ class CountingWatchdog:
 
 def test_idle_liveness_tick_does_not_feed_the_watchdog_while_inference_hangs() -> None:
     runtime, watchdog, stop = HangingRuntime(), CountingWatchdog(), threading.Event()
-    loop = InspectionLoop(IdleAfterOneFrame(), runtime, FakePublisher(), MODEL, LoopOptions(), watchdog=watchdog)
+    camera = IdleAfterOneFrame()
+    loop = InspectionLoop(camera, runtime, FakePublisher(), MODEL, LoopOptions(), watchdog=watchdog)
     thread = threading.Thread(target=loop.run, args=(stop,))
     thread.start()
-    assert runtime.entered.wait(5)
+    assert runtime.entered.wait(WAIT_S)
+    # An idle tick that looked just before inference took the frame may still feed: count from the grab after it.
+    settled = camera.idle_grabs + 1
+    wait_until(lambda: camera.idle_grabs >= settled, "an idle grab while inference hangs")
     hung_from = watchdog.feeds
-    time.sleep(0.3)  # the camera idles (grab -> None) about 60 times meanwhile
+    # Counted in idle grabs, not in seconds: each of them had its chance to feed the watchdog, and none may.
+    wait_until(lambda: camera.idle_grabs >= settled + 20, "20 idle grabs while inference hangs")
     assert watchdog.feeds == hung_from
     runtime.release.set()
-    time.sleep(0.3)  # the frame completes (one feed), then idle ticks feed again
-    assert watchdog.feeds > hung_from + 1
+    # The frame completes (one feed), then idle ticks feed again.
+    wait_until(lambda: watchdog.feeds > hung_from + 1, "the watchdog fed again after inference came back")
     stop.set()
-    thread.join(10)
+    thread.join(WAIT_S)
+    assert not thread.is_alive()
 
 
 # --- frames of another size, and frames that are no picture --------------------------------------

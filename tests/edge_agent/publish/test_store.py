@@ -27,7 +27,7 @@ from edge_agent.publish.store import (
 )
 
 AGENT = [sys.executable, "-m", "edge_agent.cli"]
-THREAD_TIMEOUT_S = 20.0
+THREAD_TIMEOUT_S = 60.0  # only against a hang: 2000 SQLite commits on a loaded machine may take a while
 
 MakeStore = Callable[[int], VerdictStore]
 
