@@ -13,7 +13,10 @@ from edge_agent.bundle import load_edge_bundle
 from trainer.fit import FitOptions, fit
 
 
-@pytest.mark.parametrize(("mode", "extra"), [("letterbox", ""), ("tile", "  tile_overlap: 0.25\n")])
+# letterbox in the fast suite; tile (four inputs per frame, the same combine code) in the slow one.
+@pytest.mark.parametrize(
+    ("mode", "extra"), [("letterbox", ""), pytest.param("tile", "  tile_overlap: 0.25\n", marks=pytest.mark.slow)]
+)
 def test_geometry_round_trip(pipeline: Pipeline, tmp_path: Path, mode: str, extra: str) -> None:
     data = tmp_path / "data"
     (data / "good").mkdir(parents=True)
