@@ -43,6 +43,7 @@ from edge_agent.geometry import prepare
 from edge_agent.imageio import list_images, read_image
 from edge_agent.runtimes import make_runtime
 from edge_agent.runtimes.openvino import MODEL_XML, compile_config
+from edge_agent.runtimes.openvino_ops import compiled_ops, cpu_description, head_kernels
 from trainer.bundle import load_bundle
 from trainer.data.synthetic import SyntheticSpec, generate
 from trainer.fit import FitOptions, fit
@@ -116,28 +117,43 @@ def op_group(info: ov.ProfilingInfo) -> str:
     return f"{node_type} ({KERNEL_PRECISIONS.get(suffix, exec_type)} kernel)"
 
 
-def profile_ops(edge: Path, frames: list[np.ndarray], count: int) -> dict[str, float]:
+@dataclass(frozen=True)
+class Profile:
+    groups: dict[str, float]  # ms per frame by op group
+    head_ms: float  # ms per frame of the ops after the backbone (edge_agent.runtimes.openvino_ops)
+    head_kernels: list[str]
+
+
+def profile_ops(edge: Path, frames: list[np.ndarray], count: int) -> Profile:
     """ms per frame of each op group, over `count` frames after warm-up, compiled as the agent compiles it."""
     bundle = load_edge_bundle(edge)
     # The agent's compile config plus per-op counters; no model cache, so nothing is imported.
     config = {**compile_config(bundle.manifest.precision, "CPU"), ov.properties.enable_profiling(): True}
-    request = ov.Core().compile_model(str(bundle.file(MODEL_XML)), "CPU", config).create_infer_request()
+    compiled = ov.Core().compile_model(str(bundle.file(MODEL_XML)), "CPU", config)
+    ops = compiled_ops(compiled)
+    head = {op.name for op in ops if op.head}
+    request = compiled.create_infer_request()
     for i in range(WARMUP):
         request.infer({0: frames[i % len(frames)][np.newaxis]})
     total: dict[str, float] = defaultdict(float)
+    head_ms = 0.0
     for i in range(count):
         request.infer({0: frames[i % len(frames)][np.newaxis]})
         for info in request.profiling_info:  # the last inference's counters
             if info.status == ov.ProfilingInfo.Status.EXECUTED and info.real_time.total_seconds() > 0:
-                total[op_group(info)] += info.real_time.total_seconds() * 1000 / count
-    return dict(total)
+                ms = info.real_time.total_seconds() * 1000 / count
+                total[op_group(info)] += ms
+                head_ms += ms if info.node_name in head else 0.0
+    return Profile(dict(total), head_ms, head_kernels(ops))
 
 
-def profile_table(model: str, profiles: dict[str, dict[str, float]]) -> str:
-    """Markdown: op groups by ms per frame of each bake, slowest first in the int8 (else largest) column."""
+def profile_table(model: str, profiles: dict[str, Profile]) -> str:
+    """Markdown: op groups by ms per frame of each bake, slowest first in the int8 (else largest) column, then
+    the head's time and share, and its matrix kernels."""
     runtimes = list(profiles)
-    key = "OpenVINO int8" if "OpenVINO int8" in profiles else max(runtimes, key=lambda r: sum(profiles[r].values()))
-    groups = sorted({g for ops in profiles.values() for g in ops}, key=lambda g: -profiles[key].get(g, 0.0))
+    groups_of = {r: p.groups for r, p in profiles.items()}
+    key = "OpenVINO int8" if "OpenVINO int8" in profiles else max(runtimes, key=lambda r: sum(groups_of[r].values()))
+    groups = sorted({g for ops in groups_of.values() for g in ops}, key=lambda g: -groups_of[key].get(g, 0.0))
     lines = [
         f"{model}: OpenVINO op profile, ms per frame",
         "",
@@ -145,13 +161,17 @@ def profile_table(model: str, profiles: dict[str, dict[str, float]]) -> str:
         f"|---|{'---:|' * len(runtimes)}",
     ]
     for group in groups[:PROFILE_ROWS]:
-        cells = " | ".join(f"{profiles[r][group]:.2f}" if group in profiles[r] else "-" for r in runtimes)
+        cells = " | ".join(f"{groups_of[r][group]:.2f}" if group in groups_of[r] else "-" for r in runtimes)
         lines.append(f"| {group} | {cells} |")
     if len(groups) > PROFILE_ROWS:
-        rest = " | ".join(f"{sum(profiles[r].get(g, 0.0) for g in groups[PROFILE_ROWS:]):.2f}" for r in runtimes)
+        rest = " | ".join(f"{sum(groups_of[r].get(g, 0.0) for g in groups[PROFILE_ROWS:]):.2f}" for r in runtimes)
         lines.append(f"| {len(groups) - PROFILE_ROWS} other op groups | {rest} |")
-    totals = " | ".join(f"**{sum(profiles[r].values()):.2f}**" for r in runtimes)
-    lines.append(f"| **total of profiled ops** | {totals} |")
+    totals = {r: sum(groups_of[r].values()) for r in runtimes}
+    lines.append(f"| **total of profiled ops** | {' | '.join(f'**{totals[r]:.2f}**' for r in runtimes)} |")
+    lines.append(f"| head: every op after the backbone | {' | '.join(f'{p.head_ms:.2f}' for p in profiles.values())} |")
+    shares = " | ".join(f"**{100 * p.head_ms / totals[r]:.0f}%**" for r, p in profiles.items())
+    lines.append(f"| **head's share of the frame** | {shares} |")
+    lines.append(f"| head's matrix kernels | {' | '.join(', '.join(p.head_kernels) for p in profiles.values())} |")
     return "\n".join(lines)
 
 
@@ -228,7 +248,10 @@ def main() -> None:
                     bakes = [t for t in timed if t.model == model]
                     ops = {t.runtime: profile_ops(t.bake, frames, args.frames) for t in bakes if t.bake is not None}
                     profiles.append(profile_table(model, ops))
-    print(f"256x256, batch 1, {torch.get_num_threads()} threads, {args.frames} frames after {WARMUP} warm-up\n")
+    print(
+        f"256x256, batch 1, {torch.get_num_threads()} threads, {args.frames} frames after {WARMUP} warm-up, "
+        f"CPU: {cpu_description(ov.Core())}\n"
+    )
     print("| model | runtime | p50 ms | p99 ms | frames/s (1/p50) | vs torch (p50) | vs OpenVINO fp32 (p50) |")
     print("|---|---|---:|---:|---:|---:|---:|")
     print("\n".join(rows))

@@ -37,6 +37,7 @@ from edge_agent.imageio import list_images
 from edge_agent.runtimes.base import Runtime, infer_frame
 from edge_agent.runtimes.onnxruntime import MODEL_ONNX, OnnxRuntime
 from edge_agent.runtimes.openvino import MODEL_BIN, MODEL_XML, OpenVinoRuntime
+from edge_agent.runtimes.openvino_ops import cpu_description
 from trainer.bundle import MANIFEST as MODEL_MANIFEST
 from trainer.bundle import ModelManifest, TrainingSet, load_bundle
 from trainer.data.layouts import DataError, discover
@@ -196,6 +197,16 @@ def _baked_files(folder: Path) -> dict[str, str]:
     return {name: sha256_file(folder / name) for name in names if (folder / name).is_file()}
 
 
+def _kernels(runtime: Runtime) -> dict[str, object] | None:
+    """The kernels the parity check ran the head on, for the manifest and bake's summary. The int8 search is
+    baked as 1 x 1 convolutions because oneDNN runs those on its int8 convolution kernels on AVX2 and AVX-512
+    alike, where the same work as a MatMul falls to its legacy int8 GEMM on CPUs without VNNI (README, the kNN
+    head table)."""
+    if not isinstance(runtime, OpenVinoRuntime):
+        return None
+    return {"cpu": cpu_description(ov.Core()), "head": runtime.head_kernels()}
+
+
 RuntimeOpener = Callable[[BakeOptions, Path], Runtime]
 
 
@@ -222,6 +233,7 @@ def bake(options: BakeOptions, open_runtime: RuntimeOpener = agent_runtime) -> E
         runtime = open_runtime(options, staging)
         parity = _parity(model, runtime, frames, geometry, source.threshold, options.guard.margin)
         _check_guard(parity, options)
+        kernels = _kernels(runtime)
         source_sha = sha256_file(options.bundle / MODEL_MANIFEST)
         manifest = EdgeManifest.model_validate(
             {
@@ -241,6 +253,7 @@ def bake(options: BakeOptions, open_runtime: RuntimeOpener = agent_runtime) -> E
                     if frames.calibration
                     else None
                 ),
+                "kernels": kernels,
                 "source_bundle_sha256": source_sha,
                 "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "files": _baked_files(staging),

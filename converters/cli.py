@@ -60,6 +60,12 @@ def bake_command(
         f"{p.score_rel_diff_max:.2e} relative, spearman {p.spearman:.5f}, verdicts agree {p.verdict_agreement:.1%}"
         f"{auroc}"
     )
+    if manifest.kernels is not None:
+        typer.echo(
+            f"model head's matrix ops on this CPU, {manifest.kernels.cpu}: {', '.join(manifest.kernels.head)} "
+            "(the search is int8 1x1 convolutions, oneDNN's fast int8 path with and without VNNI; another CPU "
+            "class picks its own kernels, which the agent logs at start)"
+        )
 
 
 def main() -> None:

@@ -62,6 +62,14 @@ class Calibration(Strict):
     images: int
 
 
+class Kernels(Strict):
+    """What OpenVINO ran the checked graph on at bake time: the baking machine's CPU and the kernels of the
+    model head's matrix ops. A factory PC of another CPU class gets other kernels; the agent logs its own."""
+
+    cpu: str
+    head: list[str]
+
+
 class EdgeManifest(Strict):
     format_version: int
     model: str  # model type, e.g. patchcore
@@ -75,6 +83,7 @@ class EdgeManifest(Strict):
     score_scale: float  # score / score_scale == 1.0 at the threshold
     parity: Parity
     calibration: Calibration | None = None  # int8 only
+    kernels: Kernels | None = None  # OpenVINO CPU bakes only
     source_bundle_sha256: str
     created_at: str
     files: dict[str, str]

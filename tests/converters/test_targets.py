@@ -71,7 +71,12 @@ def test_fp32_bake_follows_torch_in_the_agent_runtime(
 ) -> None:
     edge = tmp_path / "edge"
     defects = pipeline.data / "test" / "scratch"
-    parity = bake(BakeOptions(bundle=bundle, out=edge, target=target, precision=precision, defects=defects)).parity
+    manifest = bake(BakeOptions(bundle=bundle, out=edge, target=target, precision=precision, defects=defects))
+    parity = manifest.parity
+    # OpenVINO bakes record what the head ran on here; which kernels those are depends on the CPU.
+    assert (manifest.kernels is not None) == (target == "openvino")
+    if manifest.kernels is not None:
+        assert manifest.kernels.cpu and manifest.kernels.head and all(manifest.kernels.head)
     assert parity.score_rel_diff_max <= FP32_REL_TOLERANCE
     assert parity.spearman >= FP32_MIN_SPEARMAN and parity.verdict_agreement == 1.0
     assert parity.auroc_baked == parity.auroc_reference

@@ -171,3 +171,18 @@ def test_the_eager_exact_search_matches_the_graph_form(bank_quantization: str) -
     graph = model._nearest_in_graph(model._quantized_queries(maps))
     eager = nearest_in_eager(torch.cat(model._quantized_queries(patches), dim=1), bank)
     torch.testing.assert_close(eager, graph, rtol=1e-4, atol=1e-3)
+
+
+def test_grid_pool_averages_the_patch_grid_for_the_bank_and_for_every_frame() -> None:
+    images = torch.from_numpy(_parts(2, 3))
+    fine = PatchCore(PatchCoreRecipe(input_size=(SIZE, SIZE)))
+    coarse = PatchCore(PatchCoreRecipe(input_size=(SIZE, SIZE), grid_pool=2))
+    with torch.no_grad():
+        f, c = fine.embed(images), coarse.embed(images)
+    assert c.shape[-2:] == (f.shape[-2] // 2, f.shape[-1] // 2)
+    torch.testing.assert_close(c[..., 1, 2], f[..., 2:4, 4:6].mean(dim=(-2, -1)))
+    model = PatchCore(PatchCoreRecipe(input_size=(SIZE, SIZE), grid_pool=2, min_memory_bank=200))
+    summary = model.fit(_parts(4, 0), _parts(2, 1)).summary
+    assert summary["patches"] == 4 * c.shape[-2] * c.shape[-1]  # the bank is chosen from pooled patches
+    with torch.no_grad():
+        assert model(images).anomaly_map.shape == (2, 1, SIZE, SIZE)
