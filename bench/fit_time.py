@@ -1,9 +1,14 @@
-"""How long `trainer fit` takes, and how much memory it needs, on synthetic 256x256 parts.
+"""How long `trainer fit` takes, where the time goes, and how much memory it needs: on synthetic 256x256 parts,
+or on any data set `trainer fit --data` takes (a folder, or ELPV as elpv:<type>:<seed>).
 
     .venv/bin/python bench/fit_time.py --images 200 --images 700 --repeats 3
+    .venv/bin/python bench/fit_time.py --data elpv:poly:0 --data elpv:mono:0 --repeats 1
+    .venv/bin/python bench/fit_time.py --data elpv:poly:0 --model simplenet --repeats 1
 
 Each run is a separate `trainer fit` process, so the wall time includes start-up and the numba cache load,
-as a user sees it. Peak RSS is the child's maximum resident set size. Medians over the repeats.
+as a user sees it. The stage columns are fit's own summary: reading (decode and resize of the good images),
+features (the backbone), coreset, validation and scoring the labelled test images; "-" where the model has no
+such stage. Peak RSS is the child's maximum resident set size. Medians over the repeats.
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ import yaml
 
 from trainer.data.synthetic import SyntheticSpec, generate
 
+STAGES = ("read_s", "features_s", "coreset_s", "validation_s", "test_s")
 
-def one_fit(data: Path, out: Path) -> tuple[float, dict[str, float], float]:
+
+def one_fit(data: str, model: str, out: Path) -> tuple[float, dict[str, float], float]:
     start = time.perf_counter()
     child = subprocess.Popen(
-        [sys.executable, "-m", "trainer.cli", "fit", "--data", str(data), "--out", str(out)],
+        [sys.executable, "-m", "trainer.cli", "fit", "--data", data, "--model", model, "--out", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -39,29 +46,34 @@ def one_fit(data: Path, out: Path) -> tuple[float, dict[str, float], float]:
     return wall, {**manifest["fit_summary"], "learned": manifest["training_set"]["count"]}, peak_kb / 1024
 
 
+def _stage(runs: list[tuple[float, dict[str, float], float]], key: str) -> str:
+    values = [r[1][key] for r in runs if key in r[1]]
+    return f"{statistics.median(values):.1f}" if values else "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, action="append", help="good images in the data set (repeatable)")
+    parser.add_argument("--images", type=int, action="append", help="synthetic good images (repeatable)")
+    parser.add_argument("--data", action="append", help="a data set as `trainer fit --data` takes it (repeatable)")
+    parser.add_argument("--model", default="patchcore")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    sizes = args.images or [200]
-    print(
-        "| good images | bank learns from | wall s (median) | features s | coreset s | validation s | memory bank "
-        "| peak RSS MB |"
-    )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    columns = " | ".join(s.removesuffix("_s") + " s" for s in STAGES)
+    print(f"| data | model | bank learns from | wall s (median) | {columns} | memory bank | peak RSS MB |")
+    print(f"|---|---|---:|---:|{'---:|' * len(STAGES)}---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
-        for n in sizes:
-            data = generate(Path(tmp) / f"data{n}", SyntheticSpec(train_good=n, test_good=0, test_defects_per_type=0))
-            runs = [one_fit(data, Path(tmp) / f"model{n}_{i}") for i in range(args.repeats)]
+        sets = [(d, d) for d in args.data or []]
+        for n in args.images or ([] if args.data else [200]):
+            spec = SyntheticSpec(train_good=n, test_good=0, test_defects_per_type=0)
+            sets.append((f"synthetic {n}", str(generate(Path(tmp) / f"data{n}", spec))))
+        for i, (label, data) in enumerate(sets):
+            runs = [one_fit(data, args.model, Path(tmp) / f"model{i}_{r}") for r in range(args.repeats)]
             walls = [r[0] for r in runs]
             summary = runs[walls.index(statistics.median(walls))][1]
+            stages = " | ".join(_stage(runs, key) for key in STAGES)
             print(
-                f"| {n} | {summary['learned']:.0f} | {statistics.median(walls):.1f} | "
-                f"{statistics.median(r[1]['features_s'] for r in runs):.1f} | "
-                f"{statistics.median(r[1]['coreset_s'] for r in runs):.1f} | "
-                f"{statistics.median(r[1]['validation_s'] for r in runs):.1f} | {summary['memory_bank']:.0f} | "
-                f"{max(r[2] for r in runs):.0f} |"
+                f"| {label} | {args.model} | {summary['learned']:.0f} | {statistics.median(walls):.1f} | {stages} | "
+                f"{summary.get('memory_bank', '-')} | {max(r[2] for r in runs):.0f} |"
             )
 
 

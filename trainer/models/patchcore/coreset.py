@@ -8,6 +8,8 @@ well-spread centres.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numba
 import numpy as np
 from numba import prange
@@ -19,16 +21,20 @@ PROJECTION_CHUNK = 65_536  # candidate rows projected at a time
 numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]  # set at run time by numba
 
 
+PROGRESS_STEPS = 256  # picks between progress reports; each segment is one compiled call
+
+
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _greedy_kcenter(points: np.ndarray, k: int, start: int, chunks: int) -> np.ndarray:  # pragma: no cover
+def _greedy_kcenter(
+    points: np.ndarray, nearest: np.ndarray, selected: np.ndarray, current: int, chunks: int
+) -> int:  # pragma: no cover
+    """Fills `selected` with the next len(selected) picks, starting at `current`, updating each candidate's
+    squared distance to its nearest pick in `nearest`; returns the pick after the last."""
     n, d = points.shape
-    nearest = np.full(n, np.inf, dtype=np.float32)
-    selected = np.empty(k, dtype=np.int64)
     chunk = (n + chunks - 1) // chunks
     best_value = np.empty(chunks, dtype=np.float32)
     best_index = np.empty(chunks, dtype=np.int64)
-    current = start
-    for step in range(k):
+    for step in range(len(selected)):
         selected[step] = current
         centre = points[current].copy()
         for c in prange(chunks):
@@ -49,14 +55,20 @@ def _greedy_kcenter(points: np.ndarray, k: int, start: int, chunks: int) -> np.n
             best_value[c] = value
             best_index[c] = index
         current = best_index[np.argmax(best_value)]
-    return selected
+    return current
 
 
 def greedy_coreset(
-    features: np.ndarray, k: int, projection_dim: int, seed: int, rows: np.ndarray | None = None
+    features: np.ndarray,
+    k: int,
+    projection_dim: int,
+    seed: int,
+    rows: np.ndarray | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Positions in `rows` (default: every row of `features`, N x D) of the `k` candidates greedy k-center picks
-    on a random projection. Candidates are projected in chunks, so they are never copied at full width."""
+    on a random projection. Candidates are projected in chunks, so they are never copied at full width.
+    `progress` is told the picks made, every PROGRESS_STEPS of them."""
     n, dim = (len(rows) if rows is not None else len(features)), features.shape[1]
     k = max(1, min(k, n))
     rng = np.random.default_rng(seed)
@@ -71,4 +83,12 @@ def greedy_coreset(
     else:
         points = np.ascontiguousarray(features[rows] if rows is not None else features, dtype=np.float32)
     chunks = max(1, numba.get_num_threads() * 8)
-    return _greedy_kcenter(points, k, int(rng.integers(n)), chunks)
+    nearest = np.full(n, np.inf, dtype=np.float32)
+    selected = np.empty(k, dtype=np.int64)
+    current = int(rng.integers(n))
+    for start in range(0, k, PROGRESS_STEPS):
+        segment = selected[start : start + PROGRESS_STEPS]
+        current = _greedy_kcenter(points, nearest, segment, current, chunks)
+        if progress is not None:
+            progress(len(segment))
+    return selected

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from torch import nn
+from tqdm import tqdm
 
 from trainer.acceleration import batched_features
 from trainer.backbones.efficientnet_lite import (
@@ -370,7 +371,8 @@ class PatchCore(nn.Module):
             rng = np.random.default_rng(self.recipe.seed)
             rows = np.sort(rng.choice(len(features), self.recipe.max_candidates, replace=False))
         k = max(self.recipe.min_memory_bank, round(len(features) * self.recipe.coreset_ratio))
-        chosen = greedy_coreset(features, k, self.recipe.projection_dim, self.recipe.seed, rows)
+        with tqdm(total=min(k, len(rows)), desc="coreset", unit="entry") as bar:
+            chosen = greedy_coreset(features, k, self.recipe.projection_dim, self.recipe.seed, rows, bar.update)
         bank = np.ascontiguousarray(features[rows[chosen]], dtype=np.float32)
         selected = time.perf_counter()
         self.set_bank(bank, features)
