@@ -34,7 +34,7 @@ ODD_SIZE = (80, 96)  # height, width of the odd-sized images
 FIT_GOODS = 8  # the fewest good images --holdout 0.2 accepts
 TRAINED_ON = 6  # FIT_GOODS less the 2 validation images, which stay out of the bank
 ODD_GOODS = 2  # of FIT_GOODS, this many are ODD_SIZE
-BANK_ASKED = 4096  # more than the FIT_GOODS images' patches (64 each at stride 8), so the coreset must shrink
+BANK_ASKED = 4096  # more than the FIT_GOODS images' patches (16 each at stride 16), so the coreset must shrink
 DEFECT_SIDE = 12  # side of the bright square that makes an image defective
 TEST_GOODS = 4
 
@@ -172,7 +172,7 @@ def test_the_needed_count_is_exactly_what_the_split_needs() -> None:
 
 
 def test_fit_warns_when_the_memory_bank_shrinks_to_the_patches(fitted: Fitted) -> None:
-    patches = TRAINED_ON * (SIZE // 8) ** 2
+    patches = TRAINED_ON * (SIZE // 16) ** 2  # the default grid_pool 2 searches at stride 16
     expected = (
         f"the recipe asks for a memory bank of {BANK_ASKED} entries (min_memory_bank) but {TRAINED_ON} good images "
         f"give only {patches} patches; the bank keeps all {patches}. Add good images, or set min_memory_bank to "

@@ -41,7 +41,7 @@ def test_validation_images_stay_out_of_the_bank(shortlist_dim: int) -> None:
     assert (result.validation.score.numpy() > 10 * seen.max()).all()
     np.testing.assert_allclose(result.validation.score.numpy(), again, rtol=1e-4)
     assert result.validation.anomaly_map.shape == (3, 1, SIZE, SIZE)
-    assert model.memory_bank().shape[0] == 4 * (SIZE // 8) ** 2
+    assert model.memory_bank().shape[0] == 4 * (SIZE // 16) ** 2  # stride 16: the default grid_pool 2
 
 
 def test_fit_without_validation_images() -> None:
@@ -77,7 +77,9 @@ def test_taps_must_be_increasing_blocks_of_the_backbone() -> None:
 
 
 def _fitted(**recipe: object) -> PatchCore:
-    settings = {"input_size": (SIZE, SIZE), "min_memory_bank": 200, "reweight_neighbours": 0, **recipe}
+    # Stride 8 (grid_pool 1), so four small images give the 200-entry bank these search tests count on.
+    settings = {"input_size": (SIZE, SIZE), "grid_pool": 1, "min_memory_bank": 200, "reweight_neighbours": 0}
+    settings |= recipe
     model = PatchCore(PatchCoreRecipe.model_validate(settings))
     model.fit(_parts(4, 0), _parts(2, 1))
     return model
@@ -175,7 +177,7 @@ def test_the_eager_exact_search_matches_the_graph_form(bank_quantization: str) -
 
 def test_grid_pool_averages_the_patch_grid_for_the_bank_and_for_every_frame() -> None:
     images = torch.from_numpy(_parts(2, 3))
-    fine = PatchCore(PatchCoreRecipe(input_size=(SIZE, SIZE)))
+    fine = PatchCore(PatchCoreRecipe(input_size=(SIZE, SIZE), grid_pool=1))
     coarse = PatchCore(PatchCoreRecipe(input_size=(SIZE, SIZE), grid_pool=2))
     with torch.no_grad():
         f, c = fine.embed(images), coarse.embed(images)
