@@ -10,7 +10,7 @@ import typer
 
 from edge_agent.console import run_cli, setup_logging
 from trainer.bundle import BundleError
-from trainer.data.layouts import DataError
+from trainer.data.dataset import DataError
 from trainer.data.synthetic import SyntheticSpec, generate
 from trainer.evaluate import evaluate, write_report
 from trainer.fit import HOLDOUT_MAX, HOLDOUT_MIN, FitOptions, RecipeError, fit

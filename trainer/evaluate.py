@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from trainer import metrics
 from trainer.bundle import InputSpec, ModelManifest, load_bundle
-from trainer.data.layouts import GOOD, MASK_NAMING, DataError, Dataset, Sample, discover
+from trainer.data.dataset import GOOD, DataError, Dataset, Sample
+from trainer.data.layouts import MASK_NAMING, discover
 from trainer.predict import listed, on_grid, predict, read_frames, warn_mixed_sizes
 from trainer.report import write_report
 

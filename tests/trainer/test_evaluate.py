@@ -12,7 +12,8 @@ from pipeline import Pipeline
 
 import trainer.cli
 from trainer.bundle import read_manifest
-from trainer.data.layouts import DataError, discover
+from trainer.data.dataset import DataError
+from trainer.data.layouts import discover
 from trainer.evaluate import _test_samples, evaluate, write_report
 from trainer.report import summary_table
 
