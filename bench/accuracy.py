@@ -38,8 +38,8 @@ from torch import nn
 
 from edge_agent.geometry import Geometry
 from trainer.bundle import load_bundle
-from trainer.data.elpv import Counts, summary
-from trainer.data.layouts import ELPV_PREFIX, discover
+from trainer.data.elpv import ELPV_PREFIX, Counts, summary
+from trainer.data.layouts import discover
 from trainer.data.synthetic import SyntheticSpec, generate
 from trainer.evaluate import evaluate
 from trainer.fit import FitOptions, fit

@@ -26,11 +26,12 @@ from edge_agent.control import Command, CommandError, Controller, parse_command
 from edge_agent.errors import AgentError, CameraUnavailable
 from edge_agent.frame_ids import FrameIds, frame_ids_path
 from edge_agent.logs import DEFAULT_LOG_FORMAT, LOG_FORMATS
-from edge_agent.loop import InspectionLoop, LoopOptions, RunSummary
+from edge_agent.loop import InspectionLoop, LoopOptions
 from edge_agent.metrics import ARCHIVE_PENDING, MQTT_CONNECTED, OUTBOX, Metrics, MetricsServer
 from edge_agent.model import load_model
 from edge_agent.publish.mqtt import CommandHandler, MqttPublisher
 from edge_agent.publish.store import SqliteStore, store_path
+from edge_agent.run_summary import RunSummary
 from edge_agent.systemd import SystemdNotifier
 from edge_agent.verdict import ERROR, OK, REJECT
 

@@ -9,10 +9,7 @@ import logging
 import re
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field, replace
-
-import numpy as np
+from dataclasses import dataclass, replace
 
 from edge_agent.archive import Archive, ArchiveItem
 from edge_agent.cameras.base import Camera
@@ -28,6 +25,7 @@ from edge_agent.model import LoadedModel, ModelInfo
 from edge_agent.preprocess import to_uint8_rgb
 from edge_agent.publish.base import Publisher
 from edge_agent.regions import find_regions
+from edge_agent.run_summary import RunSummary
 from edge_agent.runtimes.base import Runtime
 from edge_agent.systemd import SystemdNotifier
 from edge_agent.verdict import ERROR, OK, REJECT, Verdict, decide
@@ -36,9 +34,6 @@ log = logging.getLogger(__name__)
 
 QUEUE_POLL_S = 0.2
 RECONNECT_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
-STAGES = ("acquire", "preprocess", "infer", "postprocess", "publish")
-# Latency medians cover the most recent frames only, so months of running use constant memory.
-LATENCY_WINDOW = 10_000
 # A camera sending only bad buffers fails every frame, 30 a second: after a kind of error is logged, its repeats
 # are held back this long; the next one logged then tells how many were.
 ERROR_LOG_INTERVAL_S = 60.0
@@ -57,36 +52,6 @@ class LoopOptions:
     grab_timeout_s: float = 1.0
     # No frame for this long means the camera is gone; None where silence is normal (hardware trigger, replay).
     frame_timeout_s: float | None = None
-
-
-@dataclass
-class RunSummary:
-    frames: int = 0
-    counts: dict[str, int] = field(default_factory=lambda: {OK: 0, REJECT: 0, ERROR: 0})
-    late: int = 0
-    dropped: int = 0
-    camera_errors: int = 0
-    paused: int = 0  # frames discarded while inspection was paused by a command
-    delivered: bool = True
-    stage_ms: dict[str, deque[float]] = field(default_factory=lambda: {s: deque(maxlen=LATENCY_WINDOW) for s in STAGES})
-    latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
-
-    def counters(self) -> dict[str, float | int]:
-        return {
-            "frames": self.frames,
-            "ok": self.counts[OK],
-            "rejects": self.counts[REJECT],
-            "errors": self.counts[ERROR],
-            "late": self.late,
-            "dropped": self.dropped,
-            "camera_errors": self.camera_errors,
-            "paused": self.paused,
-        }
-
-    def percentile_ms(self, stage: str, percent: float) -> float:
-        """Over the most recent frames, for one stage or `total` (capture to decision)."""
-        values = self.latency_ms if stage == "total" else self.stage_ms[stage]
-        return float(np.percentile(values, percent)) if values else 0.0
 
 
 class InspectionLoop:

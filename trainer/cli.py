@@ -10,12 +10,12 @@ import typer
 
 from edge_agent.console import run_cli, setup_logging
 from trainer.bundle import BundleError
-from trainer.data.layouts import DataError
+from trainer.data.dataset import DataError
 from trainer.data.synthetic import SyntheticSpec, generate
-from trainer.evaluate import evaluate, write_report
+from trainer.evaluate import evaluate
 from trainer.fit import HOLDOUT_MAX, HOLDOUT_MIN, FitOptions, RecipeError, fit
 from trainer.models.training import TrainingError
-from trainer.report import summary_table
+from trainer.report import summary_table, write_report
 
 
 class ThresholdMethod(str, Enum):

@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from edge_agent.geometry import Geometry, Prepared, prepare
 from trainer.bundle import ModelManifest, write_bundle
-from trainer.data.layouts import DataError, Dataset, discover
+from trainer.data.dataset import DataError, Dataset
+from trainer.data.layouts import discover
 from trainer.metrics import f1_max, image_auroc, score_stats
 from trainer.models import REGISTRY
 from trainer.models.prediction import Prediction

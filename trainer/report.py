@@ -19,7 +19,7 @@ from edge_agent.archive import overlay
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from trainer.evaluate import EvalResult, GridTile
+    from trainer.eval_result import EvalResult, GridTile
 
 METRICS_FILE = "metrics.json"
 ROC_FILE = "roc.png"

@@ -27,10 +27,11 @@ from demo.collector import Message, MqttCollector
 from edge_agent.cameras.genicam import GenicamCamera
 from edge_agent.config import GenicamCameraConfig, MqttConfig
 from edge_agent.frames import Frame
-from edge_agent.loop import InspectionLoop, LoopOptions, RunSummary
+from edge_agent.loop import InspectionLoop, LoopOptions
 from edge_agent.metrics import CAMERA_CONNECTED, DROPPED, FRAMES, Metrics
 from edge_agent.publish.mqtt import MqttPublisher
 from edge_agent.publish.store import SqliteStore
+from edge_agent.run_summary import RunSummary
 from edge_agent.runtimes.fake import FakeRuntime
 from tests.edge_agent.publish.test_mqtt import BASE, PREFIX, REJECT_DEADLINE_MS, STATION, frame_ids
 from tests.edge_agent.test_agent_metrics import parse

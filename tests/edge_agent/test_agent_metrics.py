@@ -19,7 +19,7 @@ from pipeline import Pipeline
 from edge_agent.cameras.folder import FolderCamera
 from edge_agent.config import FolderCameraConfig
 from edge_agent.geometry import Geometry
-from edge_agent.loop import STAGES, InspectionLoop, LoopOptions, ModelInfo
+from edge_agent.loop import InspectionLoop, LoopOptions, ModelInfo
 from edge_agent.metrics import (
     CAMERA_CONNECTED,
     DROPPED,
@@ -30,6 +30,7 @@ from edge_agent.metrics import (
     MetricsServer,
 )
 from edge_agent.publish.fake import FakePublisher
+from edge_agent.run_summary import STAGES
 from edge_agent.runtimes.fake import FakeRuntime
 
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$")

@@ -23,9 +23,10 @@ from edge_agent.control import Command, CommandError, Controllable, Controller, 
 from edge_agent.errors import BundleError
 from edge_agent.frames import Frame
 from edge_agent.geometry import Geometry
-from edge_agent.loop import InspectionLoop, LoopOptions, RunSummary
+from edge_agent.loop import InspectionLoop, LoopOptions
 from edge_agent.model import LoadedModel, ModelInfo
 from edge_agent.publish.fake import FakePublisher
+from edge_agent.run_summary import RunSummary
 from edge_agent.runtimes.fake import FakeRuntime
 from tests.edge_agent.waiting import wait_until
 

@@ -19,3 +19,29 @@ def test_every_agent_module_imports_without_torch_trainer_or_converters() -> Non
     result = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+SHARED = (
+    "edge_agent.archive",
+    "edge_agent.bundle",
+    "edge_agent.console",
+    "edge_agent.geometry",
+    "edge_agent.hashing",
+    "edge_agent.imageio",
+    "edge_agent.runtimes.base",
+)
+HEAVY = ("torch", "openvino", "onnxruntime", "paho", "harvesters", "trainer", "converters")
+SHARED_CHECK = """
+import importlib, sys
+for name in sys.argv[1].split(","):
+    importlib.import_module(name)
+leaked = sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[2].split(",")))
+print(",".join(leaked))
+"""
+
+
+def test_the_shared_contract_modules_import_nothing_heavy() -> None:
+    command = [sys.executable, "-c", SHARED_CHECK, ",".join(SHARED), ",".join(HEAVY)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""

@@ -16,7 +16,7 @@ import pytest
 from in_process import run_main
 
 import trainer.cli
-from trainer.evaluate import NEEDS_DEFECTS, evaluate, write_report
+from trainer.evaluate import NEEDS_DEFECTS, evaluate
 from trainer.fit import (
     HOLDOUT_MAX,
     HOLDOUT_MIN,
@@ -28,6 +28,7 @@ from trainer.fit import (
     _split,
     fit,
 )
+from trainer.report import write_report
 
 SIZE = 64  # model input and most images: small, so a fit takes seconds
 ODD_SIZE = (80, 96)  # height, width of the odd-sized images

@@ -8,7 +8,8 @@ import pytest
 
 from edge_agent.geometry import Geometry
 from edge_agent.imageio import read_image
-from trainer.data.layouts import DataError, discover
+from trainer.data.dataset import DataError
+from trainer.data.layouts import discover
 from trainer.data.synthetic import DEFECT_TYPES, SyntheticSpec, generate
 from trainer.predict import model_inputs, read_frames
 

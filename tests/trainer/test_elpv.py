@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from trainer.data import elpv
-from trainer.data.layouts import GOOD, DataError, Dataset, discover
+from trainer.data.dataset import GOOD, DataError, Dataset
+from trainer.data.layouts import discover
 
 # Ambiguous cells (1/3, 2/3) never appear in a split.
 GOOD_PROBABILITY = 0.0

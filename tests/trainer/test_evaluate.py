@@ -12,9 +12,10 @@ from pipeline import Pipeline
 
 import trainer.cli
 from trainer.bundle import read_manifest
-from trainer.data.layouts import DataError, discover
-from trainer.evaluate import _test_samples, evaluate, write_report
-from trainer.report import summary_table
+from trainer.data.dataset import DataError
+from trainer.data.layouts import discover
+from trainer.evaluate import _test_samples, evaluate
+from trainer.report import summary_table, write_report
 
 DEFECT_TYPES = ("crack", "scratch", "spot")
 

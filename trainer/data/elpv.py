@@ -15,8 +15,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from trainer.data.layouts import ELPV_PREFIX, GOOD, DataError, Dataset, Sample
+from trainer.data.dataset import GOOD, DataError, Dataset, Sample
 
+ELPV_PREFIX = "elpv:"  # `--data elpv:mono` names the installed ELPV data set, not a folder
 PACKAGE = "elpv_dataset"
 PIP_INSTALL = "pip install elpv-dataset"
 LABELS = Path("data") / "labels.csv"

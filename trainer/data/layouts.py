@@ -3,43 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_agent.imageio import list_images
+from trainer.data.dataset import GOOD, DataError, Dataset, Sample
+from trainer.data.elpv import ELPV_PREFIX, from_spec
 
-GOOD = "good"
+# DataError is part of discover's interface: converters/bake.py catches it from here.
+__all__ = ["MASK_NAMING", "DataError", "discover"]
+
 MASKS = "masks"  # the folder layout's mask folder
 GROUND_TRUTH = "ground_truth"  # the MVTec AD layout's mask folder
 MASK_SUFFIX = "_mask"
-ELPV_PREFIX = "elpv:"  # `--data elpv:mono` names the installed ELPV data set, not a folder
 # Where each layout looks for the mask of a defective image, for messages about missing or misnamed masks.
 MASK_NAMING = {"mvtec": "ground_truth/<type>/<stem>_mask.png", "folder": "masks/<stem>.png"}
-
-
-class DataError(Exception):
-    """The data folder is missing or laid out in a way we cannot read."""
-
-
-@dataclass(frozen=True)
-class Sample:
-    path: Path
-    label: str  # "good" or the defect type
-    mask: Path | None = None
-
-    @property
-    def is_defect(self) -> bool:
-        return self.label != GOOD
-
-
-@dataclass(frozen=True)
-class Dataset:
-    name: str
-    layout: str  # "mvtec" | "folder" | "elpv"
-    train: list[Path]  # good images to learn from
-    test: list[Sample]  # labelled images for evaluation (may be empty)
-    orphan_masks: list[Path] = field(default_factory=list)  # mask files named after no test image
-    empty_folders: list[Path] = field(default_factory=list)  # test folders without images: left out
 
 
 def _masks_by_stem(folder: Path) -> dict[str, Path]:
@@ -93,9 +70,6 @@ def _folder(root: Path) -> Dataset:
 def discover(root: Path, category: str | None = None) -> Dataset:
     """Read `root` as an MVTec category, an MVTec root plus `category`, a folder layout, or `elpv:TYPE`."""
     if str(root).lower().startswith(ELPV_PREFIX):
-        # Imported here, not at the top: the elpv module builds on this module's Dataset, Sample and DataError.
-        from trainer.data.elpv import from_spec
-
         return from_spec(str(root), category)
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist; pass --data with a folder holding train/good or good/")
