@@ -40,7 +40,8 @@ from edge_agent.runtimes.openvino import MODEL_BIN, MODEL_XML, OpenVinoRuntime
 from edge_agent.runtimes.openvino_ops import cpu_description
 from trainer.bundle import MANIFEST as MODEL_MANIFEST
 from trainer.bundle import ModelManifest, TrainingSet, load_bundle
-from trainer.data.layouts import DataError, discover
+from trainer.data.dataset import DataError
+from trainer.data.layouts import discover
 from trainer.metrics import image_auroc
 from trainer.predict import model_inputs, predict, read_frames
 

@@ -9,9 +9,6 @@ from edge_agent.imageio import list_images
 from trainer.data.dataset import GOOD, DataError, Dataset, Sample
 from trainer.data.elpv import ELPV_PREFIX, from_spec
 
-# DataError is part of discover's interface: converters/bake.py catches it from here.
-__all__ = ["MASK_NAMING", "DataError", "discover"]
-
 MASKS = "masks"  # the folder layout's mask folder
 GROUND_TRUTH = "ground_truth"  # the MVTec AD layout's mask folder
 MASK_SUFFIX = "_mask"
