@@ -37,7 +37,6 @@ from edge_agent.imageio import list_images
 from edge_agent.runtimes.base import Runtime, infer_frame
 from edge_agent.runtimes.onnxruntime import MODEL_ONNX, OnnxRuntime
 from edge_agent.runtimes.openvino import MODEL_BIN, MODEL_XML, OpenVinoRuntime
-from edge_agent.runtimes.openvino_ops import cpu_description
 from trainer.bundle import MANIFEST as MODEL_MANIFEST
 from trainer.bundle import ModelManifest, TrainingSet, load_bundle
 from trainer.data.dataset import DataError
@@ -203,9 +202,9 @@ def _kernels(runtime: Runtime) -> dict[str, object] | None:
     baked as 1 x 1 convolutions because oneDNN runs those on its int8 convolution kernels on AVX2 and AVX-512
     alike, where the same work as a MatMul falls to its legacy int8 GEMM on CPUs without VNNI (README, the kNN
     head table)."""
-    if not isinstance(runtime, OpenVinoRuntime):
+    if not isinstance(runtime, OpenVinoRuntime) or runtime.kernels is None:
         return None
-    return {"cpu": cpu_description(ov.Core()), "head": runtime.head_kernels()}
+    return runtime.kernels.model_dump()
 
 
 RuntimeOpener = Callable[[BakeOptions, Path], Runtime]

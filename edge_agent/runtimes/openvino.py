@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
-from edge_agent.bundle import EdgeBundle
+from edge_agent.bundle import EdgeBundle, Kernels
 from edge_agent.errors import BundleError
 from edge_agent.runtimes.base import Inference
 from edge_agent.runtimes.openvino_ops import compiled_ops, cpu_description, head_kernels
@@ -47,12 +47,12 @@ class OpenVinoRuntime:
         self._map = self._compiled.output("anomaly_map")
         self._score = self._compiled.output("score")
         log.info("OpenVINO model %s compiled for %s (%s)", xml.name, device, precision)
+        # The kernels OpenVINO chose on this machine for the model head's matrix ops (see openvino_ops); bake
+        # records them, the agent logs them. Other devices do not report oneDNN kernels.
+        self.kernels: Kernels | None = None
         if device == "CPU":
-            log.info("model head's matrix kernels on %s: %s", cpu_description(core), ", ".join(self.head_kernels()))
-
-    def head_kernels(self) -> list[str]:
-        """The kernels OpenVINO chose on this machine for the model head's matrix ops (see openvino_ops)."""
-        return head_kernels(compiled_ops(self._compiled))
+            self.kernels = Kernels(cpu=cpu_description(core), head=head_kernels(compiled_ops(self._compiled)))
+            log.info("model head's matrix kernels on %s: %s", self.kernels.cpu, ", ".join(self.kernels.head))
 
     @classmethod
     def from_bundle(cls, bundle: EdgeBundle, device: str = "CPU", cache_dir: Path | None = None) -> OpenVinoRuntime:
