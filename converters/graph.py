@@ -3,22 +3,9 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("anomaly_map", "score")
-
-
-class TupleOutputs(nn.Module):
-    """Returns the Prediction as a plain tuple, which every exporter understands."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        prediction = self.model(image)
-        return prediction.anomaly_map, prediction.score
 
 
 def example_input(height: int, width: int) -> torch.Tensor:

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from torch.jit._trace import TracerWarning
 
-from converters.graph import INPUT_NAME, OUTPUT_NAMES, TupleOutputs, example_input
+from converters.graph import INPUT_NAME, OUTPUT_NAMES, example_input
+from trainer.models.prediction import TupleOutputs
 
 
 def to_openvino(model: nn.Module, height: int, width: int) -> ov.Model:

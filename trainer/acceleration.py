@@ -4,11 +4,14 @@ times quicker than torch eager for these small convolutional backbones, with tor
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.jit._trace import TracerWarning
 
 log = logging.getLogger(__name__)
 
@@ -66,21 +69,38 @@ def features_on(
     return torch.cat(parts)
 
 
-def _openvino_runner(
-    embed: Callable[[torch.Tensor], torch.Tensor], example: np.ndarray
-) -> Callable[[np.ndarray], np.ndarray] | None:
+def openvino_compiled(module: nn.Module, example: np.ndarray, what: str) -> Any | None:
+    """`module` (uint8 N x H x W x 3 in, any batch size) traced and compiled by OpenVINO for the CPU at f32; None
+    where OpenVINO is not installed or cannot compile it, so the caller falls back to torch. `what` names the
+    work in the warning."""
     try:
         import openvino as ov
     except ImportError:
         return None
+    root = logging.getLogger()
+    # convert_model sets the root logger to ERROR and restores it only when it succeeds: a failed conversion
+    # would silence every later warning of the process.
+    kept = root.level, list(root.filters), list(root.handlers)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # Models read fitted buffers as Python constants on purpose (converters/openvino.py says why).
+            warnings.simplefilter("ignore", TracerWarning)
             model = ov.convert_model(
-                _Embed(embed), example_input=torch.from_numpy(example), input=[((-1, *example.shape[1:]), ov.Type.u8)]
+                module, example_input=torch.from_numpy(example), input=[((-1, *example.shape[1:]), ov.Type.u8)]
             )
-        compiled = ov.Core().compile_model(model, "CPU", OPENVINO_CONFIG)
+        return ov.Core().compile_model(model, "CPU", OPENVINO_CONFIG)
     except Exception as exc:  # an exporter gap must cost speed, never the fit
-        log.warning("feature extraction falls back to torch (OpenVINO could not compile it: %s)", exc)
+        root.setLevel(kept[0])
+        root.filters, root.handlers = kept[1], kept[2]
+        log.warning("%s falls back to torch: OpenVINO could not compile it (%s)", what, exc)
+        return None
+
+
+def _openvino_runner(
+    embed: Callable[[torch.Tensor], torch.Tensor], example: np.ndarray
+) -> Callable[[np.ndarray], np.ndarray] | None:
+    compiled = openvino_compiled(_Embed(embed), example, "feature extraction")
+    if compiled is None:
         return None
     request = compiled.create_infer_request()
 

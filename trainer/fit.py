@@ -23,7 +23,14 @@ from trainer.data.layouts import discover
 from trainer.metrics import f1_max, image_auroc, score_stats
 from trainer.models import REGISTRY
 from trainer.models.prediction import Prediction
-from trainer.predict import combine_frames, model_inputs, predict_scores, read_frames, warn_mixed_sizes
+from trainer.predict import (
+    combine_frames,
+    model_inputs,
+    predict_scores,
+    read_frames,
+    scoring_model,
+    warn_mixed_sizes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +205,7 @@ def _test_metrics(model: torch.nn.Module, data: Dataset, geometry: Geometry, thr
     frames, kept, _ = read_frames(tqdm([s.path for s in data.test], desc="reading test images", unit="img"))
     label_of = {s.path: s.is_defect for s in data.test}
     labels = np.array([label_of[p] for p in kept])
-    scores = predict_scores(model, frames, geometry)
+    scores = predict_scores(scoring_model(model, geometry, len(frames)), frames, geometry)
     metrics: dict[str, float] = {"test_reject_rate_defect": float((scores[labels] >= threshold).mean())}
     if not labels.all():
         best = f1_max(scores, labels)

@@ -6,6 +6,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -14,6 +15,8 @@ from torch import nn
 
 from edge_agent.geometry import Combined, Geometry, Prepared, combine, prepare
 from edge_agent.imageio import ImageReadError, read_image
+from trainer.acceleration import MIN_IMAGES_FOR_OPENVINO, openvino_compiled
+from trainer.models.prediction import Prediction, TupleOutputs
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,37 @@ GEOMETRY_EFFECT = {
     "letterbox": "resized and padded to the model input",
     "tile": "scaled by tile_scale and cut into model-input tiles",
 }
+
+
+class CompiledModel(nn.Module):
+    """A fitted model compiled whole by OpenVINO for the CPU at f32, called like the model (uint8 images ->
+    Prediction). Its graph is the fp32 bake's, whose scores follow torch's to about 1e-6, and it runs several
+    times faster than torch eager (PatchCore: 7.7 against 43 ms an image on 2 cores)."""
+
+    def __init__(self, compiled: Any) -> None:
+        super().__init__()
+        self._request = compiled.create_infer_request()
+
+    def forward(self, image: torch.Tensor) -> Prediction:
+        # One image per request: under the latency hint that is the fastest per image (PatchCore 7.7 ms against
+        # 9.0 in batches of 32). The request reuses its output buffers, hence the copies.
+        maps, scores = [], []
+        for one in image.numpy():
+            result = self._request.infer({0: one[np.newaxis]})
+            maps.append(np.array(result[0]))
+            scores.append(np.array(result[1]))
+        return Prediction(torch.from_numpy(np.concatenate(maps)), torch.from_numpy(np.concatenate(scores)))
+
+
+def scoring_model(model: nn.Module, geometry: Geometry, count: int) -> nn.Module:
+    """What to score `count` model inputs with where speed matters more than being torch itself (fit's test
+    metrics, `trainer eval`): the model compiled by OpenVINO when there are enough inputs to repay the compile's
+    few seconds and it compiles, else the model. A bake's parity check judges against torch, never this."""
+    if count < MIN_IMAGES_FOR_OPENVINO:
+        return model
+    example = np.zeros((1, geometry.height, geometry.width, 3), np.uint8)
+    compiled = openvino_compiled(TupleOutputs(model).eval(), example, f"scoring with {type(model).__name__}")
+    return model if compiled is None else CompiledModel(compiled)
 
 
 def read_frames(paths: Iterable[Path]) -> tuple[list[np.ndarray], list[Path], list[Path]]:

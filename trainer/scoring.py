@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from trainer.bundle import InputSpec, ModelManifest
 from trainer.data.dataset import Sample
-from trainer.predict import on_grid, predict, read_frames
+from trainer.predict import on_grid, predict, read_frames, scoring_model
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,7 @@ class _Collector:
 def score_samples(model: nn.Module, manifest: ModelManifest, samples: list[Sample]) -> Scored:
     by_path = {s.path: s for s in samples}
     collector = _Collector(samples, manifest.input)
+    model = scoring_model(model, manifest.geometry, len(samples))
     with tqdm(total=len(samples), desc="scoring test images", unit="img") as bar:
         for batch in _batches(samples, EVAL_BATCH):
             predicted = predict_paths(model, [s.path for s in batch], manifest)

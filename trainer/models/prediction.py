@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from torch import nn
 
 
 class Prediction(NamedTuple):
@@ -10,3 +11,15 @@ class Prediction(NamedTuple):
 
     anomaly_map: torch.Tensor  # B x 1 x H x W
     score: torch.Tensor  # B
+
+
+class TupleOutputs(nn.Module):
+    """Returns the Prediction as a plain tuple, which every exporter understands."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        prediction = self.model(image)
+        return prediction.anomaly_map, prediction.score
