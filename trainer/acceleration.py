@@ -75,6 +75,8 @@ def openvino_compiled(module: nn.Module, example: np.ndarray, what: str) -> Any 
     work in the warning."""
     try:
         import openvino as ov
+
+        from edge_agent.runtimes.openvino import NO_DYNAMIC_QUANTIZATION
     except ImportError:
         return None
     root = logging.getLogger()
@@ -88,7 +90,8 @@ def openvino_compiled(module: nn.Module, example: np.ndarray, what: str) -> Any 
             model = ov.convert_model(
                 module, example_input=torch.from_numpy(example), input=[((-1, *example.shape[1:]), ov.Type.u8)]
             )
-        return ov.Core().compile_model(model, "CPU", OPENVINO_CONFIG)
+        # No on-the-fly activation quantization either (edge_agent/runtimes/openvino.py says why).
+        return ov.Core().compile_model(model, "CPU", OPENVINO_CONFIG | NO_DYNAMIC_QUANTIZATION)
     except Exception as exc:  # an exporter gap must cost speed, never the fit
         root.setLevel(kept[0])
         root.filters, root.handlers = kept[1], kept[2]

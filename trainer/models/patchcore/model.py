@@ -8,6 +8,7 @@ feeds camera pixels straight in.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -260,13 +261,10 @@ class PatchCore(nn.Module):
             features = F.avg_pool2d(features, self.recipe.grid_pool, ceil_mode=True)
         return features if self.channel_weight is None else features * self.channel_weight
 
-    def _reweight(self, patches: torch.Tensor, nearest_sq: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-        """Paper eq. 7: weight in [1 - 1/b, 1) of each image's most anomalous patch. It is close to 1 when that
-        patch's nearest bank entry sits in a sparse region of the bank, so rare-but-normal patches count less."""
-        n, per_image = nearest_sq.shape
-        worst = nearest_sq.argmax(dim=1)  # most anomalous patch per image
-        rows = torch.arange(n) * per_image + worst
-        to_bank = squared_distances(patches[rows], bank)  # n x N, from each image's worst patch
+    def _reweight(self, to_bank: torch.Tensor) -> torch.Tensor:
+        """Paper eq. 7: weight in [1 - 1/b, 1) of each image's most anomalous patch, given its squared distance to
+        every bank entry (n x N). It is close to 1 when that patch's nearest bank entry sits in a sparse region of
+        the bank, so rare-but-normal patches count less."""
         support = self.bank_neighbours[to_bank.argmin(dim=1)]  # n x b, its nearest entry first
         # Gathering distances, not bank rows: OpenVINO mis-gathers rows of a per-column-scaled int8 constant.
         dist = to_bank.gather(1, support).sqrt()
@@ -293,22 +291,36 @@ class PatchCore(nn.Module):
             return codes.float() * (-2 * float(self.bank_scale[start]))
         return -2 * self.memory_bank()[:, start : start + width, None, None]
 
+    def _graph_terms(self, maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The exact search as the baked graph has it, on each tap's n x c x h x w query map: the sum over taps of
+        |b|^2 - 2ab (n x N x h x w), each tap a 1 x 1 convolution with the bank entries as its filters and their
+        norms as its bias, and |a|^2 (n x h x w). OpenVINO runs these on its int8 convolution kernels (brgconv on
+        AVX-512, jit 1x1 on AVX2), where the same work as a MatMul lands on oneDNN's legacy int8 GEMM without
+        VNNI: 1.7-2.2x faster on AVX-512 VNNI and with oneDNN capped at AVX2 (bench/knn_head.py, README)."""
+        starts = np.cumsum([0, *self.blocks[:-1]]).tolist()
+        terms = [
+            F.conv2d(q, self._search_filters(start, q.shape[1]), self.tap_norms[tap])
+            for tap, (q, start) in enumerate(zip(maps, starts, strict=True))
+        ]
+        # Summed from the first term, not from a zero: OpenVINO then adds each tap's term inside the next tap's
+        # convolution instead of in a separate pass over the n x N x h x w distances.
+        partial = functools.reduce(torch.add, terms)
+        own = functools.reduce(torch.add, [(q * q).sum(1) for q in maps])
+        return partial, own
+
     def _nearest_in_graph(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        """The exact search as the baked graph has it, on each tap's n x c x h x w query map: every tap's
-        |b|^2 - 2ab is a 1 x 1 convolution with the bank entries as its filters and their norms as its bias, and
-        |a|^2 is added once per patch after the min. OpenVINO runs these on its int8 convolution kernels
-        (brgconv on AVX-512, jit 1x1 on AVX2), where the same work as a MatMul lands on oneDNN's legacy int8
-        GEMM without VNNI: 1.7-2.2x faster on AVX-512 VNNI and with oneDNN capped at AVX2 (bench/knn_head.py,
-        README). Returns the squared distances in patch order (n, h, w)."""
-        partial = torch.zeros(())
-        own = torch.zeros(())
-        start = 0
-        for tap, q in enumerate(maps):
-            width = q.shape[1]
-            partial = partial + F.conv2d(q, self._search_filters(start, width), self.tap_norms[tap])
-            own = own + (q * q).sum(1)
-            start += width
+        """Squared distances to the nearest entry in patch order (n * h * w); |a|^2 is added once per patch,
+        after the min."""
+        partial, own = self._graph_terms(maps)
         return (partial.min(dim=1).values + own).clamp_min(0).flatten()
+
+    def _worst_in_graph(self, maps: list[torch.Tensor], worst: torch.Tensor) -> torch.Tensor:
+        """n x N squared distances from each image's patch `worst` (its index in the image) to every entry: the
+        search's own convolutions on that one patch, so its int8 filters serve reweighting too, where a float
+        copy of the bank would be read again for one row a frame."""
+        picked = [q.flatten(2).gather(2, worst.view(-1, 1, 1).expand(-1, q.shape[1], 1)).unsqueeze(-1) for q in maps]
+        partial, own = self._graph_terms(picked)
+        return (partial.flatten(1) + own.flatten(1)).clamp_min(0)
 
     def _nearest_shortlisted(self, queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
         """Squared L2 from each patch to the nearest of the entries closest to it on the bank's principal axes."""
@@ -323,29 +335,33 @@ class PatchCore(nn.Module):
         exact = ((queries.unsqueeze(1) - entries) ** 2).sum(-1)
         return exact.min(dim=1).values
 
-    def _nearest_squared(self, feats: torch.Tensor, patches: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-        """Squared L2 from each patch (rows of `patches`, the n x D x h x w `feats` flattened) to its nearest
-        bank entry."""
-        if self.recipe.shortlist_dim > 0:
-            return self._nearest_shortlisted(torch.cat(self._quantized_queries(patches), dim=1), bank)
-        # Both exporters trace. torch exports is_tracing unannotated and outside torch.jit.__all__.
-        if torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]
-            return self._nearest_in_graph(self._quantized_queries(feats))
-        return nearest_in_eager(torch.cat(self._quantized_queries(patches), dim=1), bank)
-
     def forward(self, image: torch.Tensor) -> Prediction:
         return self._predict(self.embed(image), (image.shape[1], image.shape[2]))
 
     def _predict(self, feats: torch.Tensor, size: tuple[int, int]) -> Prediction:
         n, d, h, w = feats.shape
-        patches = feats.permute(0, 2, 3, 1).reshape(-1, d)
+        maps = self._quantized_queries(feats)  # per tap, n x c x h x w
+        queries = torch.cat(maps, dim=1).permute(0, 2, 3, 1).reshape(-1, d)  # patches x D, image by image
         bank = self.memory_bank()
-        nearest_sq = self._nearest_squared(feats, patches, bank)
+        # Both exporters trace. torch exports is_tracing unannotated and outside torch.jit.__all__.
+        tracing = torch.jit.is_tracing()  # type: ignore[attr-defined,no-untyped-call]
+        in_graph = self.recipe.shortlist_dim == 0 and tracing
+        if in_graph:
+            nearest_sq = self._nearest_in_graph(maps)
+        elif self.recipe.shortlist_dim > 0:
+            nearest_sq = self._nearest_shortlisted(queries, bank)
+        else:
+            nearest_sq = nearest_in_eager(queries, bank)
         amap = nearest_sq.sqrt().reshape(n, 1, h, w)
         amap = upsample_blur(amap, size, self.blur_kernel)
         score = amap.amax(dim=(1, 2, 3))
         if self.recipe.reweight_neighbours > 0:
-            score = score * self._reweight(patches, nearest_sq.reshape(n, h * w), bank)
+            worst = nearest_sq.reshape(n, h * w).argmax(dim=1)  # each image's most anomalous patch
+            if in_graph:
+                to_bank = self._worst_in_graph(maps, worst)
+            else:
+                to_bank = squared_distances(queries[torch.arange(n) * h * w + worst], bank)
+            score = score * self._reweight(to_bank)
         return Prediction(anomaly_map=amap, score=score)
 
     @torch.no_grad()
