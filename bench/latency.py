@@ -5,14 +5,17 @@ CPU runtime and precision the converter bakes.
 
 Fits each registry model on synthetic parts, bakes it for OpenVINO fp32, fp16 and int8 and for ONNX Runtime
 fp32, then times torch eager and the agent's runtime classes on the same frames, taking turns in blocks of 10
-frames so machine noise hits every runtime alike. Ratios are against torch eager and against OpenVINO fp32 (of
+frames so machine noise hits every runtime alike. The timing runs in a fresh process (bench/timing.py), as an
+agent process holds the runtimes: in the process that had just fitted and baked, the same int8 bake timed up
+to 1.8x slower. Ratios are against torch eager and against OpenVINO fp32 (of
 the default recipe), medians from this one run. `--variant LABEL=RECIPE.yaml` also times the model fitted with
 that recipe, in the same turns:
 
     .venv/bin/python bench/latency.py --models patchcore --variant exact=exact.yaml --train-images 700
 
 `--openvino-only` times the OpenVINO bakes alone, as an agent process runs them, without torch eager or ONNX
-Runtime taking turns (their thread pools cost the 2 cores something even at rest).
+Runtime taking turns (their thread pools cost the 2 cores something even at rest); the timing process then
+never imports torch.
 
 `--profile` then prints, per model, where each OpenVINO bake spends its time: the baked model.xml compiled as
 the agent's OpenVinoRuntime compiles it, plus PERF_COUNT, runs the same frames (after warm-up) through one infer
@@ -24,52 +27,35 @@ request, and each op's real time is summed by op type and kernel precision, in m
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import tempfile
-import time
-from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import openvino as ov
-import torch
 
 from converters.bake import BakeError, BakeOptions, bake
 from converters.guard import TIMING_GUARD
-from edge_agent.bundle import load_edge_bundle
-from edge_agent.config import ModelConfig
 from edge_agent.geometry import prepare
 from edge_agent.imageio import list_images, read_image
-from edge_agent.runtimes import make_runtime
-from edge_agent.runtimes.openvino import MODEL_XML, compile_config
-from edge_agent.runtimes.openvino_ops import compiled_ops, cpu_description, head_kernels
+from edge_agent.runtimes.openvino_ops import cpu_description
 from trainer.bundle import load_bundle
 from trainer.data.synthetic import SyntheticSpec, generate
 from trainer.fit import FitOptions, fit
 from trainer.models import REGISTRY
 
-WARMUP = 20
 LATENCY_EPOCHS = 2
-BLOCK = 10  # frames per runtime in turn: noise hits all alike, without each one paying for the last one's threads
-SETTLE_S = 0.5  # past OpenMP's default 200 ms spin-wait before a runtime's turn
+TIMING = Path(__file__).with_name("timing.py")
+WARMUP = 20  # timing.py's
 TORCH = "torch eager fp32"
 BAKES = (("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "int8"), ("onnx", "fp32"))
 RUNTIME_NAMES = {"openvino": "OpenVINO", "onnx": "ONNX Runtime"}
 OV_FP32 = "OpenVINO fp32"
 PROFILE_ROWS = 12
-# Op types (and their variants, e.g. FullyConnectedQuantizedLegacy) whose exec_type ends in the kernel's
-# precision (brgconv_avx512_1x1_I8, brgconv_avx512_dw_f32, brgemm_avx512_i8, gemm_mlas_f32): split them by it.
-KERNEL_SPLIT = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul")
-KERNEL_PRECISIONS = {"i8": "int8", "u8": "int8", "f32": "f32", "bf16": "bf16", "f16": "f16"}  # fp32 reads f32
-
-
-@dataclass(frozen=True)
-class Timed:
-    model: str  # the model and its recipe variant
-    runtime: str
-    run: Callable[[np.ndarray], object]
-    bake: Path | None = None  # the edge bundle of an OpenVINO bake, for --profile
 
 
 @dataclass(frozen=True)
@@ -82,7 +68,7 @@ def percentiles(ms: list[float]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
-def contenders(model_name: str, data: Path, root: Path, variant: Variant, openvino_only: bool) -> list[Timed]:
+def contenders(model_name: str, data: Path, root: Path, variant: Variant, openvino_only: bool) -> list[Contender]:
     bundle = root / model_name / variant.label
     recipe = variant.recipe
     if recipe is None and "epochs" in REGISTRY[model_name].recipe.model_fields:
@@ -90,10 +76,10 @@ def contenders(model_name: str, data: Path, root: Path, variant: Variant, openvi
         recipe = root / f"{model_name}.yaml"
         recipe.write_text(f"epochs: {LATENCY_EPOCHS}\n")
     fit(FitOptions(data=data, model=model_name, out=bundle, recipe=recipe))
-    model, manifest = load_bundle(bundle)
+    manifest = load_bundle(bundle)[1]
     detail = ", ".join(f"{k} {v}" for k, v in manifest.fit_summary.items() if k in ("memory_bank",))
     label = f"{model_name} ({variant.label}, {detail or f'{LATENCY_EPOCHS} training epochs'})"
-    timed = [] if openvino_only else [Timed(label, TORCH, lambda frame: model(torch.from_numpy(frame[None])))]
+    found = [] if openvino_only else [Contender(label, TORCH, bundle, profiled=False)]
     for target, precision in BAKES:
         if openvino_only and target != "openvino":
             continue
@@ -103,18 +89,17 @@ def contenders(model_name: str, data: Path, root: Path, variant: Variant, openvi
         except BakeError as exc:  # the accuracy guard refused this precision: say so, time the others
             print(f"{label} {target} {precision}: not timed, {exc}", flush=True)
             continue
-        runtime = make_runtime(load_edge_bundle(edge), ModelConfig(path=edge, cache_dir=root / "cache"))
-        ov_bake = edge if target == "openvino" else None
-        timed.append(Timed(label, f"{RUNTIME_NAMES[target]} {precision}", runtime.infer, ov_bake))
-    return timed
+        runtime = f"{RUNTIME_NAMES[target]} {precision}"
+        found.append(Contender(label, runtime, edge, profiled=target == "openvino"))
+    return found
 
 
-def op_group(info: ov.ProfilingInfo) -> str:
-    node_type, exec_type = str(info.node_type), str(info.exec_type)
-    if not node_type.startswith(KERNEL_SPLIT):
-        return node_type
-    suffix = exec_type.rsplit("_", 1)[-1].lower().replace("fp", "f")
-    return f"{node_type} ({KERNEL_PRECISIONS.get(suffix, exec_type)} kernel)"
+@dataclass(frozen=True)
+class Contender:
+    model: str  # the model and its recipe variant
+    runtime: str
+    bundle: Path  # the trainer bundle for torch eager, else the edge bundle
+    profiled: bool  # an OpenVINO bake, which --profile splits by op
 
 
 @dataclass(frozen=True)
@@ -124,27 +109,30 @@ class Profile:
     head_kernels: list[str]
 
 
-def profile_ops(edge: Path, frames: list[np.ndarray], count: int) -> Profile:
-    """ms per frame of each op group, over `count` frames after warm-up, compiled as the agent compiles it."""
-    bundle = load_edge_bundle(edge)
-    # The agent's compile config plus per-op counters; no model cache, so nothing is imported.
-    config = {**compile_config(bundle.manifest.precision, "CPU"), ov.properties.enable_profiling(): True}
-    compiled = ov.Core().compile_model(str(bundle.file(MODEL_XML)), "CPU", config)
-    ops = compiled_ops(compiled)
-    head = {op.name for op in ops if op.head}
-    request = compiled.create_infer_request()
-    for i in range(WARMUP):
-        request.infer({0: frames[i % len(frames)][np.newaxis]})
-    total: dict[str, float] = defaultdict(float)
-    head_ms = 0.0
-    for i in range(count):
-        request.infer({0: frames[i % len(frames)][np.newaxis]})
-        for info in request.profiling_info:  # the last inference's counters
-            if info.status == ov.ProfilingInfo.Status.EXECUTED and info.real_time.total_seconds() > 0:
-                ms = info.real_time.total_seconds() * 1000 / count
-                total[op_group(info)] += ms
-                head_ms += ms if info.node_name in head else 0.0
-    return Profile(dict(total), head_ms, head_kernels(ops))
+@dataclass(frozen=True)
+class Measured:
+    ms: dict[Contender, list[float]]
+    profiles: dict[Contender, Profile]
+
+
+def measured(contenders: list[Contender], frames: np.ndarray, count: int, profile: bool, root: Path) -> Measured:
+    """The contenders timed (and profiled) in a fresh process, bench/timing.py, as an agent process would hold
+    the runtimes: nothing fitted, baked or calibrated before them in it."""
+    np.save(root / "frames.npy", frames)
+    spec = {
+        "contenders": [
+            {"bundle": str(c.bundle), "torch": c.runtime == TORCH, "profiled": c.profiled} for c in contenders
+        ],
+        "frames": str(root / "frames.npy"),
+        "count": count,
+        "profile": profile,
+        "cache_dir": str(root / "cache"),
+    }
+    (root / "spec.json").write_text(json.dumps(spec))
+    subprocess.run([sys.executable, str(TIMING), str(root / "spec.json"), str(root / "result.json")], check=True)
+    result = json.loads((root / "result.json").read_text())
+    profiles = {c: Profile(**p) for c, p in zip(contenders, result["profiles"], strict=True) if p is not None}
+    return Measured(dict(zip(contenders, result["ms"], strict=True)), profiles)
 
 
 def profile_table(model: str, profiles: dict[str, Profile]) -> str:
@@ -219,21 +207,9 @@ def main() -> None:
             timed = [t for v in variants for t in contenders(name, data, root, v, args.openvino_only)]
             # Squash geometry at the model's size: one graph run per frame.
             geometry = load_bundle(root / name / "default")[1].geometry
-            frames = [prepare(read_image(p), geometry).inputs[0] for p in paths]
-            ms: dict[Timed, list[float]] = {t: [] for t in timed}
-            with torch.no_grad():
-                for t in timed:
-                    for i in range(WARMUP):
-                        t.run(frames[i % len(frames)])
-                for block in range(0, args.frames, BLOCK):
-                    for t in timed:
-                        # The previous runtime's idle threads spin for a while after their work (torch's
-                        # OpenMP, ONNX Runtime's pool); on 2 cores they would be billed to this one.
-                        time.sleep(SETTLE_S)
-                        for i in range(block, min(block + BLOCK, args.frames)):
-                            start = time.perf_counter()
-                            t.run(frames[i % len(frames)])
-                            ms[t].append((time.perf_counter() - start) * 1000)
+            frames = np.stack([prepare(read_image(p), geometry).inputs[0] for p in paths])
+            result = measured(timed, frames, args.frames, args.profile, root)
+            ms = result.ms
             # Ratios are against the default recipe's torch eager and OpenVINO fp32, from these same turns.
             base = next((percentiles(v)[0] for t, v in ms.items() if t.runtime == TORCH), None)
             ov_fp32 = next(percentiles(v)[0] for t, v in ms.items() if t.runtime == OV_FP32)
@@ -243,13 +219,11 @@ def main() -> None:
                     f"| {t.model} | {t.runtime} | {p50:.2f} | {p99:.2f} | {1000 / p50:.0f} | "
                     f"{'-' if base is None else f'{base / p50:.2f}x'} | {ov_fp32 / p50:.2f}x |"
                 )
-            if args.profile:
-                for model in dict.fromkeys(t.model for t in timed):
-                    bakes = [t for t in timed if t.model == model]
-                    ops = {t.runtime: profile_ops(t.bake, frames, args.frames) for t in bakes if t.bake is not None}
-                    profiles.append(profile_table(model, ops))
+            for model in dict.fromkeys(t.model for t in result.profiles):
+                ops = {t.runtime: p for t, p in result.profiles.items() if t.model == model}
+                profiles.append(profile_table(model, ops))
     print(
-        f"256x256, batch 1, {torch.get_num_threads()} threads, {args.frames} frames after {WARMUP} warm-up, "
+        f"256x256, batch 1, {len(os.sched_getaffinity(0))} cores, {args.frames} frames after {WARMUP} warm-up, "
         f"CPU: {cpu_description(ov.Core())}\n"
     )
     print("| model | runtime | p50 ms | p99 ms | frames/s (1/p50) | vs torch (p50) | vs OpenVINO fp32 (p50) |")
