@@ -7,7 +7,8 @@ from pydantic import ValidationError
 
 from trainer.models.fit_result import FitResult
 from trainer.models.patchcore import PatchCore, PatchCoreRecipe
-from trainer.models.patchcore.model import nearest_in_eager, patch_rows, smallest
+from trainer.models.patchcore.bank import int8_encode
+from trainer.models.patchcore.model import nearest_in_eager, patch_rows, smallest, squared_distances
 
 SIZE = 64
 
@@ -173,6 +174,29 @@ def test_the_eager_exact_search_matches_the_graph_form(bank_quantization: str) -
     graph = model._nearest_in_graph(model._quantized_queries(maps))
     eager = nearest_in_eager(torch.cat(model._quantized_queries(patches), dim=1), bank)
     torch.testing.assert_close(eager, graph, rtol=1e-4, atol=1e-3)
+
+
+def _scale_per_tap(model: PatchCore) -> None:
+    """The int8 bank as bundles fitted before one scale was shared hold it: a scale per tap, bank and queries."""
+    codes, scale = int8_encode(model.memory_bank().numpy(), model.blocks)
+    model.bank_codes, model.bank_scale = torch.from_numpy(codes), torch.from_numpy(scale)
+    model.query_scale = model.query_scale * torch.linspace(1.0, 1.2, len(model.blocks))
+    model.index_bank(model.memory_bank())
+
+
+@pytest.mark.parametrize("per_tap", [False, True])
+def test_the_graph_search_and_its_reweighting_rows_match_eager_for_either_int8_scale_layout(per_tap: bool) -> None:
+    model = _fitted(shortlist_dim=0)
+    if per_tap:
+        _scale_per_tap(model)
+    assert model.search_blocks == (model.blocks if per_tap else [model.feature_dim])
+    bank = model.memory_bank()
+    maps = model._quantized_queries(torch.randn(3, bank.shape[1], 10, 10))
+    patches = torch.cat(maps, dim=1).permute(0, 2, 3, 1).reshape(-1, bank.shape[1])
+    torch.testing.assert_close(model._nearest_in_graph(maps), nearest_in_eager(patches, bank), rtol=1e-4, atol=1e-3)
+    worst = torch.tensor([0, 57, 99])  # a patch of each image
+    rows = patches[torch.arange(3) * 100 + worst]
+    torch.testing.assert_close(model._worst_in_graph(maps, worst), squared_distances(rows, bank), rtol=1e-4, atol=1e-3)
 
 
 def test_grid_pool_averages_the_patch_grid_for_the_bank_and_for_every_frame() -> None:

@@ -1,7 +1,8 @@
 """The quantized memory bank: int8 codes with one scale per block of dimensions, or product quantization (PQ).
 
-int8 blocks are the backbone taps. One scale per block lets the query features be quantized the same way, so
-each block's distance matmul runs on int8 x int8 with exact integer sums (see PatchCore._blocks). PQ decodes
+PatchCore fits its int8 bank as one block, one scale over every tap, so the query features are quantized the
+same way and the whole search is one int8 x int8 convolution with exact integer sums (PatchCore._graph_terms);
+bundles fitted earlier hold a block per tap. PQ decodes
 to float inside `forward` (a gather), so only the stored file is smaller.
 """
 

@@ -171,7 +171,7 @@ class PatchCore(nn.Module):
     shortlist_basis: torch.Tensor
     shortlist_bank: torch.Tensor
     shortlist_norms: torch.Tensor
-    tap_norms: torch.Tensor
+    block_norms: torch.Tensor
     blur_kernel: torch.Tensor
     channel_weight: torch.Tensor | None
 
@@ -182,6 +182,9 @@ class PatchCore(nn.Module):
         self.backbone.requires_grad_(False)
         self.blocks = [self.backbone.block_channels[t] for t in recipe.taps]
         self.feature_dim = sum(self.blocks)
+        # The channel blocks the search quantizes and convolves as one: every channel, unless an int8 bank has a
+        # scale per tap (bundles fitted before one scale was shared), which takes one convolution per tap.
+        self.search_blocks = [self.feature_dim]
         # Only the buffers of the chosen quantization exist, so the weights file holds just the codes.
         if recipe.bank_quantization == "none":
             self.register_buffer("bank_float", torch.zeros(0, self.feature_dim))
@@ -194,9 +197,9 @@ class PatchCore(nn.Module):
             self.register_buffer("bank_codes", torch.zeros(0, subspaces, dtype=torch.uint8))
             self.register_buffer("bank_codebooks", torch.zeros(subspaces, 0, recipe.pq_subvector_dim))
         self.register_buffer("bank_neighbours", torch.zeros(0, recipe.reweight_neighbours, dtype=torch.int64))
-        # Each tap's share of every bank entry's squared norm (taps x N): the bias of the exact search's
-        # convolutions, derived from the bank like the shortlist index, so a constant of the baked graph.
-        self.register_buffer("tap_norms", torch.zeros(len(self.blocks), 0), persistent=False)
+        # Each search block's share of every bank entry's squared norm (blocks x N): the bias of the exact
+        # search's convolutions, derived from the bank like the shortlist index, so a constant of the baked graph.
+        self.register_buffer("block_norms", torch.zeros(len(self.blocks), 0), persistent=False)
         if recipe.shortlist_dim > 0:
             rank = min(recipe.shortlist_dim, self.feature_dim)
             # Derived from the bank, so not saved: rebuilt whenever a bank is set or loaded.
@@ -234,10 +237,14 @@ class PatchCore(nn.Module):
         return keys
 
     def index_bank(self, decoded: torch.Tensor) -> None:
-        """Builds the search's constants from the current bank, given decoded (float N x D): each tap's norms,
-        and the shortlist index when the recipe asks for one."""
-        squares = torch.split(decoded * decoded, self.blocks, dim=1)
-        self.tap_norms = torch.stack([part.sum(1) for part in squares]) if len(decoded) else self.tap_norms
+        """Builds the search's constants from the current bank, given decoded (float N x D): the search blocks
+        and each one's norms, and the shortlist index when the recipe asks for one."""
+        per_tap = self.recipe.bank_quantization == "int8" and (
+            len(set(self.query_scale.tolist())) > 1 or len(set(self.bank_scale.tolist())) > 1
+        )
+        self.search_blocks = self.blocks if per_tap else [self.feature_dim]
+        squares = torch.split(decoded * decoded, self.search_blocks, dim=1)
+        self.block_norms = torch.stack([part.sum(1) for part in squares]) if len(decoded) else self.block_norms
         if self.recipe.shortlist_dim == 0 or len(decoded) == 0:
             return
         self.shortlist_basis = principal_axes(decoded, self.shortlist_basis.shape[1])
@@ -271,39 +278,40 @@ class PatchCore(nn.Module):
         return 1 - torch.softmax(dist, dim=1)[:, 0]
 
     def _quantized_queries(self, features: torch.Tensor) -> list[torch.Tensor]:
-        """The query features one tap at a time (dimension 1: patches x D, or a N x D x h x w map). With the int8
-        bank each tap is quantized with its tap's scale, so every distance term comes from the same quantized
-        values as the bank's."""
-        parts = list(torch.split(features, self.blocks, dim=1))
+        """The query features one search block at a time (dimension 1: patches x D, or a N x D x h x w map).
+        With the int8 bank each block is quantized with its one scale, so every distance term comes from the same
+        quantized values as the bank's."""
+        parts = list(torch.split(features, self.search_blocks, dim=1))
         if self.recipe.bank_quantization != "int8":
             return parts
-        # A Python float per tap: exporters turn this into a static FakeQuantize / QuantizeLinear pair.
+        # A Python float per block: exporters turn this into a static FakeQuantize / QuantizeLinear pair. With
+        # one block, every tap's scale is the same.
         return [
             torch.fake_quantize_per_tensor_affine(part, float(scale), 0, INT8_LOW, INT8_HIGH)
-            for part, scale in zip(parts, self.query_scale, strict=True)
+            for part, scale in zip(parts, self.query_scale, strict=False)
         ]
 
     def _search_filters(self, start: int, width: int) -> torch.Tensor:
-        """-2 x the bank's entries of one tap as 1 x 1 convolution filters (N x width x 1 x 1). The int8 codes
-        keep their tap's single scale as a scalar, the pattern OpenVINO takes for int8 convolution weights."""
+        """-2 x the bank's entries of one search block as 1 x 1 convolution filters (N x width x 1 x 1). The int8
+        codes keep their block's single scale as a scalar, the pattern OpenVINO takes for int8 convolution
+        weights."""
         if self.recipe.bank_quantization == "int8":
             codes = self.bank_codes[:, start : start + width, None, None]
             return codes.float() * (-2 * float(self.bank_scale[start]))
         return -2 * self.memory_bank()[:, start : start + width, None, None]
 
     def _graph_terms(self, maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The exact search as the baked graph has it, on each tap's n x c x h x w query map: the sum over taps of
-        |b|^2 - 2ab (n x N x h x w), each tap a 1 x 1 convolution with the bank entries as its filters and their
-        norms as its bias, and |a|^2 (n x h x w). OpenVINO runs these on its int8 convolution kernels (brgconv on
-        AVX-512, jit 1x1 on AVX2), where the same work as a MatMul lands on oneDNN's legacy int8 GEMM without
-        VNNI: 1.7-2.2x faster on AVX-512 VNNI and with oneDNN capped at AVX2 (bench/knn_head.py, README)."""
-        starts = np.cumsum([0, *self.blocks[:-1]]).tolist()
+        """The exact search as the baked graph has it, on each search block's n x c x h x w query map: the sum
+        over blocks of |b|^2 - 2ab (n x N x h x w), each a 1 x 1 convolution with the bank entries as its filters
+        and their norms as its bias, and |a|^2 (n x h x w). OpenVINO runs these on its int8 convolution kernels
+        (brgconv on AVX-512, jit 1x1 on AVX2), where the same work as a MatMul lands on oneDNN's legacy int8 GEMM
+        without VNNI: 1.7-2.2x faster on AVX-512 VNNI and with oneDNN capped at AVX2 (bench/knn_head.py, README)."""
+        starts = np.cumsum([0, *self.search_blocks[:-1]]).tolist()
         terms = [
-            F.conv2d(q, self._search_filters(start, q.shape[1]), self.tap_norms[tap])
-            for tap, (q, start) in enumerate(zip(maps, starts, strict=True))
+            F.conv2d(q, self._search_filters(start, q.shape[1]), self.block_norms[block])
+            for block, (q, start) in enumerate(zip(maps, starts, strict=True))
         ]
-        # Summed from the first term, not from a zero: OpenVINO then adds each tap's term inside the next tap's
-        # convolution instead of in a separate pass over the n x N x h x w distances.
+        # Summed from the first term: adding to a zero cost a pass over the n x N x h x w distances.
         partial = functools.reduce(torch.add, terms)
         own = functools.reduce(torch.add, [(q * q).sum(1) for q in maps])
         return partial, own
@@ -340,7 +348,7 @@ class PatchCore(nn.Module):
 
     def _predict(self, feats: torch.Tensor, size: tuple[int, int]) -> Prediction:
         n, d, h, w = feats.shape
-        maps = self._quantized_queries(feats)  # per tap, n x c x h x w
+        maps = self._quantized_queries(feats)  # per search block, n x c x h x w
         queries = torch.cat(maps, dim=1).permute(0, 2, 3, 1).reshape(-1, d)  # patches x D, image by image
         bank = self.memory_bank()
         # Both exporters trace. torch exports is_tracing unannotated and outside torch.jit.__all__.
@@ -425,9 +433,12 @@ class PatchCore(nn.Module):
         if q == "none":
             self.bank_float = torch.from_numpy(bank)
         elif q == "int8":
-            codes, scale = int8_encode(bank, self.blocks)
+            # One scale for all taps (their ranges differ by ~20%), so the search is one int8 convolution over
+            # every channel: a scale per tap took one per tap and a pass to add their n x N x h x w outputs.
+            codes, scale = int8_encode(bank, [self.feature_dim])
             self.bank_codes, self.bank_scale = torch.from_numpy(codes), torch.from_numpy(scale)
-            self.query_scale = torch.from_numpy(block_scales(features, self.blocks, QUERY_RANGE_MARGIN))
+            shared = block_scales(features, [self.feature_dim], QUERY_RANGE_MARGIN)
+            self.query_scale = torch.from_numpy(np.repeat(shared, len(self.blocks)))
         else:
             codebooks, codes = pq_encode(bank, self.recipe.pq_subvector_dim, self.recipe.seed)
             self.bank_codebooks, self.bank_codes = torch.from_numpy(codebooks), torch.from_numpy(codes)
