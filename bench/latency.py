@@ -42,7 +42,7 @@ from converters.bake import BakeError, BakeOptions, bake
 from converters.guard import TIMING_GUARD
 from edge_agent.geometry import prepare
 from edge_agent.imageio import list_images, read_image
-from edge_agent.runtimes.openvino_ops import cpu_description
+from edge_agent.runtimes.openvino_ops import ISA_CAP, cpu_description
 from trainer.bundle import load_bundle
 from trainer.data.synthetic import SyntheticSpec, generate
 from trainer.fit import FitOptions, fit
@@ -115,7 +115,17 @@ class Measured:
     profiles: dict[Contender, Profile]
 
 
-def measured(contenders: list[Contender], frames: np.ndarray, count: int, profile: bool, root: Path) -> Measured:
+@dataclass(frozen=True)
+class TimingOptions:
+    count: int  # timed frames per contender
+    profile: bool
+    # ONEDNN_MAX_CPU_ISA for the timing process alone: fits and bakes run uncapped, because under a cap NNCF's
+    # calibration cannot build the bf16 graphs it compiles on CPUs with avx512_bf16. The bundles do not depend
+    # on the CPU; the kernels they are run on do.
+    isa_cap: str | None
+
+
+def measured(contenders: list[Contender], frames: np.ndarray, options: TimingOptions, root: Path) -> Measured:
     """The contenders timed (and profiled) in a fresh process, bench/timing.py, as an agent process would hold
     the runtimes: nothing fitted, baked or calibrated before them in it."""
     np.save(root / "frames.npy", frames)
@@ -124,12 +134,14 @@ def measured(contenders: list[Contender], frames: np.ndarray, count: int, profil
             {"bundle": str(c.bundle), "torch": c.runtime == TORCH, "profiled": c.profiled} for c in contenders
         ],
         "frames": str(root / "frames.npy"),
-        "count": count,
-        "profile": profile,
+        "count": options.count,
+        "profile": options.profile,
         "cache_dir": str(root / "cache"),
     }
     (root / "spec.json").write_text(json.dumps(spec))
-    subprocess.run([sys.executable, str(TIMING), str(root / "spec.json"), str(root / "result.json")], check=True)
+    env = os.environ | ({ISA_CAP: options.isa_cap} if options.isa_cap else {})
+    command = [sys.executable, str(TIMING), str(root / "spec.json"), str(root / "result.json")]
+    subprocess.run(command, check=True, env=env)
     result = json.loads((root / "result.json").read_text())
     profiles = {c: Profile(**p) for c, p in zip(contenders, result["profiles"], strict=True) if p is not None}
     return Measured(dict(zip(contenders, result["ms"], strict=True)), profiles)
@@ -192,7 +204,13 @@ def main() -> None:
         action="store_true",
         help="after the table, each OpenVINO bake's time per frame by op type, from OpenVINO's per-op counters",
     )
+    parser.add_argument(
+        "--isa-cap",
+        help="time with oneDNN capped at this instruction set, e.g. AVX2 (ONEDNN_MAX_CPU_ISA, timing process only)",
+    )
     args = parser.parse_args()
+    if os.environ.get(ISA_CAP):
+        parser.error(f"{ISA_CAP} is set: NNCF cannot calibrate under it here; pass --isa-cap instead")
     models = args.models.split(",")
     if args.variant and len(models) > 1:
         parser.error("--variant holds one model's recipe keys; name that one model with --models")
@@ -208,7 +226,7 @@ def main() -> None:
             # Squash geometry at the model's size: one graph run per frame.
             geometry = load_bundle(root / name / "default")[1].geometry
             frames = np.stack([prepare(read_image(p), geometry).inputs[0] for p in paths])
-            result = measured(timed, frames, args.frames, args.profile, root)
+            result = measured(timed, frames, TimingOptions(args.frames, args.profile, args.isa_cap), root)
             ms = result.ms
             # Ratios are against the default recipe's torch eager and OpenVINO fp32, from these same turns.
             base = next((percentiles(v)[0] for t, v in ms.items() if t.runtime == TORCH), None)
@@ -224,7 +242,7 @@ def main() -> None:
                 profiles.append(profile_table(model, ops))
     print(
         f"256x256, batch 1, {len(os.sched_getaffinity(0))} cores, {args.frames} frames after {WARMUP} warm-up, "
-        f"CPU: {cpu_description(ov.Core())}\n"
+        f"CPU: {cpu_description(ov.Core())}{f', timed with {ISA_CAP}={args.isa_cap}' if args.isa_cap else ''}\n"
     )
     print("| model | runtime | p50 ms | p99 ms | frames/s (1/p50) | vs torch (p50) | vs OpenVINO fp32 (p50) |")
     print("|---|---|---:|---:|---:|---:|---:|")
