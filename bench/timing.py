@@ -3,15 +3,21 @@ runtimes are timed as an agent process holds them: no fit, bake or NNCF calibrat
 whose leftovers slowed the frames after it (the same int8 bake timed 9.4 ms right after a bake in the process,
 5.2 ms five seconds later). torch is imported only when torch eager is timed.
 
-SPEC is JSON: {"contenders": [{"runtime", "bundle", "torch", "profiled"}], "frames": "frames.npy", "count",
-"profile", "cache_dir"}; RESULT is JSON: {"ms": [per contender, ms per frame], "profiles": [per contender,
-{"groups", "head_ms", "head_kernels"} or null]}.
+SPEC is JSON: {"contenders": [{"bundle", "torch", "profiled"}], "frames": "frames.npy", "count", "profile",
+"cache_dir"}; RESULT is JSON: {"ms": [per contender, ms per frame], "profiles": [per contender, {"groups",
+"head_ms", "head_kernels"} or null]}.
+
+It also times edge bundles you already have against each other, in the same turns, on random frames of the
+model's input size (an A/B of two bakes of one model, say):
+
+    .venv/bin/python bench/timing.py --bundles edge-a edge-b --frames 1000
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -108,7 +114,28 @@ def profile_ops(edge: Path, frames: np.ndarray, count: int) -> dict[str, object]
     return {"groups": dict(total), "head_ms": head_ms, "head_kernels": head_kernels(ops)}
 
 
+BUNDLES_FLAG = "--bundles"
+FRAMES_FLAG = "--frames"
+AB_FRAMES = 400
+
+
+def compare_bundles(args: list[str]) -> None:
+    """p50 of each edge bundle named after --bundles, [--frames N] frames each, taking turns."""
+    count = int(args[args.index(FRAMES_FLAG) + 1]) if FRAMES_FLAG in args else AB_FRAMES
+    names = args[1 : args.index(FRAMES_FLAG)] if FRAMES_FLAG in args else args[1:]
+    size = load_edge_bundle(Path(names[0])).manifest.input  # the bundles are of one model, so of one input size
+    frames = np.random.default_rng(0).integers(0, 256, (BLOCK, size.height, size.width, 3), dtype=np.uint8)
+    contenders = [Contender(Path(n), torch=False, profiled=False) for n in names]
+    ms = time_turns(contenders, frames, count, Path(tempfile.mkdtemp(prefix="timing-cache-")))
+    print("| edge bundle | p50 ms | p99 ms |\n|---|---:|---:|")
+    for name, times in zip(names, ms, strict=True):
+        print(f"| {name} | {np.percentile(times, 50):.2f} | {np.percentile(times, 99):.2f} |")
+
+
 def main() -> None:
+    if sys.argv[1:2] == [BUNDLES_FLAG]:
+        compare_bundles(sys.argv[1:])
+        return
     spec = json.loads(Path(sys.argv[1]).read_text())
     contenders = [Contender(Path(c["bundle"]), c["torch"], c["profiled"]) for c in spec["contenders"]]
     frames = np.load(spec["frames"])
