@@ -8,7 +8,8 @@ from pydantic import ValidationError
 from trainer.models.fit_result import FitResult
 from trainer.models.patchcore import PatchCore, PatchCoreRecipe
 from trainer.models.patchcore.bank import int8_encode
-from trainer.models.patchcore.model import nearest_in_eager, patch_rows, smallest, squared_distances
+from trainer.models.patchcore.model import patch_rows
+from trainer.models.patchcore.search import nearest_in_eager, smallest, squared_distances
 
 SIZE = 64
 

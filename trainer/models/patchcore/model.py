@@ -16,23 +16,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from torch import nn
 from tqdm import tqdm
 
 from trainer.acceleration import batched_features
 from trainer.backbones.efficientnet_lite import (
-    DEFAULT_BACKBONE,
-    BackboneName,
-    check_taps,
     efficientnet_lite,
     lite_input,
-    with_default_taps,
 )
 from trainer.models.fit_result import FitResult
 from trainer.models.patch_features import locally_aware
-from trainer.models.patchcore.bank import Quantization, block_scales, int8_encode, pq_decode, pq_encode
+from trainer.models.patchcore.bank import block_scales, int8_encode, pq_decode, pq_encode
 from trainer.models.patchcore.coreset import greedy_coreset
+from trainer.models.patchcore.recipe import PatchCoreRecipe
+from trainer.models.patchcore.search import nearest_in_eager, principal_axes, smallest, squared_distances
 from trainer.models.prediction import Prediction
 from trainer.models.smoothing import gaussian_kernel, upsample_blur
 
@@ -47,103 +44,6 @@ SHORTLIST_GROUP = 8
 PADDING_RANK = 1e15
 # Validation inputs scored at once; each holds a patches x bank distance matrix, so this bounds fit's peak RSS.
 VALIDATION_BATCH = 2
-# Default taps: the last blocks of these backbone stages (stride 8 and stride 16).
-TAP_STAGES = (2, 4)
-
-
-class PatchCoreRecipe(BaseModel):
-    """Training recipe keys; unknown keys are rejected so typos never pass silently."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    input_size: tuple[int, int] = (256, 256)
-    # Lite2 (wider and deeper) against Lite0: ELPV accuracy and latency side by side under Measured in the README.
-    backbone: BackboneName = DEFAULT_BACKBONE
-    # Backbone blocks to tap. Left out: the ends of the stride-8 and stride-16 stages (Lite0: 4 and 10, Lite2: 6
-    # and 14).
-    taps: tuple[int, ...]
-    # Each tap's features are multiplied by its weight, so its share of a patch distance goes with the weight
-    # squared: a heavier fine tap for thin defects on smooth surfaces. On ELPV (README) (3, 1) left mono level
-    # and cost poly 2-3 points, whose fine grain is normal texture; so by default (None) the taps stay even.
-    tap_weights: tuple[float, ...] | None = None
-    # The patch grid is averaged over grid_pool x grid_pool cells before the search, for the bank and for every
-    # frame: 2 searches the stride-8 grid at stride 16, a quarter of the patches. With a 4,096-entry bank this
-    # is the default because it is both faster and as accurate on ELPV (five splits, README): mono 95.56 and
-    # poly 89.60 against 95.46 and 89.13 at stride 8 with 1% banks, for a sixth of the search's work.
-    grid_pool: int = Field(default=2, ge=1, le=4)
-    coreset_ratio: float = Field(default=0.01, gt=0, le=1)
-    # Few training images at 1% leave too few patches to cover normal variation; the bank never goes below this.
-    # At stride 16 a few hundred images give 1,000-1,500 entries at 1%; 2,048 cost ELPV mono 0.8 points.
-    min_memory_bank: int = Field(default=4096, ge=1)
-    projection_dim: int = Field(default=32, ge=4)
-    max_candidates: int = Field(default=400_000, ge=1000)
-    bank_quantization: Quantization = "int8"
-    pq_subvector_dim: int = Field(default=4, ge=1)
-    # b of the paper's image-score reweighting (its nearest bank entry's neighbourhood); 0 turns it off.
-    reweight_neighbours: int = Field(default=9, ge=0)
-    # 0 (the default): every patch is measured against every bank entry, the exact search. Else the search
-    # takes two steps: every bank entry is ranked on the bank's first `shortlist_dim` principal axes (a lower
-    # bound of its distance, at a fraction of the matmul), then the `shortlist_size` best are measured in full.
-    # The shortlist is about twice as fast in torch eager, but slower baked: OpenVINO's int8 matmul over the
-    # whole bank costs less than the shortlist's TopKs (README, Measured).
-    shortlist_dim: int = Field(default=0, ge=0)
-    shortlist_size: int = Field(default=8, ge=1)
-    blur_sigma: float = Field(default=4.0, ge=0)
-    batch_size: int = Field(default=16, ge=1)
-    seed: int = 0
-
-    @model_validator(mode="before")
-    @classmethod
-    def _backbone_taps(cls, data: Any) -> Any:
-        return with_default_taps(data, TAP_STAGES)
-
-    _taps_in_backbone = field_validator("taps")(check_taps)
-
-    @field_validator("tap_weights")
-    @classmethod
-    def _one_weight_per_tap(cls, weights: tuple[float, ...] | None, info: ValidationInfo) -> tuple[float, ...] | None:
-        taps = info.data.get("taps", ())
-        if weights is not None and len(weights) != len(taps):
-            raise ValueError(f"{len(weights)} weight(s) for {len(taps)} tap(s); give one per tap, in the taps' order")
-        if weights is not None and min(weights) <= 0:
-            raise ValueError("every tap weight must be positive")
-        return weights
-
-
-def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pairwise squared L2 as a matmul (export-safe, unlike cdist), clamped at 0 against rounding."""
-    return ((a * a).sum(-1, keepdim=True) - 2 * a @ b.transpose(-1, -2) + (b * b).sum(-1).unsqueeze(-2)).clamp_min(0)
-
-
-def smallest(values: torch.Tensor, k: int, group: int) -> torch.Tensor:
-    """Column indices of each row's k smallest values; rows are a whole number of groups of `group` columns.
-    The k smallest lie in the k groups with the smallest minima, however the columns are grouped, so a TopK over
-    the group minima and one over those groups' members find them exactly. A runtime's TopK over a long row
-    costs several times a min over it (OpenVINO CPU), and this keeps both TopKs short. A group is every
-    (width / group)-th column, so its min is an elementwise min of contiguous slices."""
-    rows, width = values.shape
-    stride = width // group
-    minima = values.reshape(rows, group, stride).min(dim=1).values
-    groups = minima.topk(min(k, stride), dim=1, largest=False).indices
-    members = (groups.unsqueeze(-1) + stride * torch.arange(group)).reshape(rows, -1)
-    best: torch.Tensor = values.gather(1, members).topk(k, dim=1, largest=False).indices
-    return members.gather(1, best)
-
-
-def nearest_in_eager(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """Squared L2 from each query to its nearest bank entry, in torch eager (fit's validation, `trainer eval`):
-    the same sums as the baked graph's per-tap form, in one matmul whose output stage adds the bank norms, with
-    no rows x N temporaries. Four times faster at 7,168 entries, which made validation a third of a 700-image fit."""
-    partial = torch.addmm((bank * bank).sum(-1), queries, bank.T, alpha=-2)
-    return (partial.min(dim=1).values + (queries * queries).sum(-1)).clamp_min(0)
-
-
-def principal_axes(points: torch.Tensor, count: int) -> torch.Tensor:
-    """D x count: the directions of the points' largest variance, largest first."""
-    centred = (points - points.mean(0)).double()
-    _, vectors = torch.linalg.eigh(centred.T @ centred)  # eigenvalues ascending
-    axes: torch.Tensor = vectors[:, -count:].flip(1).float().contiguous()
-    return axes
 
 
 def patch_rows(chunks: list[np.ndarray]) -> np.ndarray:
