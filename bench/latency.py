@@ -50,7 +50,6 @@ from trainer.models import REGISTRY
 
 LATENCY_EPOCHS = 2
 TIMING = Path(__file__).with_name("timing.py")
-WARMUP = 20  # timing.py's
 TORCH = "torch eager fp32"
 BAKES = (("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "int8"), ("onnx", "fp32"))
 RUNTIME_NAMES = {"openvino": "OpenVINO", "onnx": "ONNX Runtime"}
@@ -113,6 +112,7 @@ class Profile:
 class Measured:
     ms: dict[Contender, list[float]]
     profiles: dict[Contender, Profile]
+    warmup: int  # frames each contender ran before its timed ones
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def measured(contenders: list[Contender], frames: np.ndarray, options: TimingOpt
     subprocess.run(command, check=True, env=env)
     result = json.loads((root / "result.json").read_text())
     profiles = {c: Profile(**p) for c, p in zip(contenders, result["profiles"], strict=True) if p is not None}
-    return Measured(dict(zip(contenders, result["ms"], strict=True)), profiles)
+    return Measured(dict(zip(contenders, result["ms"], strict=True)), profiles, result["warmup"])
 
 
 def profile_table(model: str, profiles: dict[str, Profile]) -> str:
@@ -221,13 +221,14 @@ def main() -> None:
         paths = sorted(p for kind in (data / "test").iterdir() for p in list_images(kind))
         rows = []
         profiles = []
+        warmup = 0
         for name in models:
             timed = [t for v in variants for t in contenders(name, data, root, v, args.openvino_only)]
             # Squash geometry at the model's size: one graph run per frame.
             geometry = load_bundle(root / name / "default")[1].geometry
             frames = np.stack([prepare(read_image(p), geometry).inputs[0] for p in paths])
             result = measured(timed, frames, TimingOptions(args.frames, args.profile, args.isa_cap), root)
-            ms = result.ms
+            ms, warmup = result.ms, result.warmup
             # Ratios are against the default recipe's torch eager and OpenVINO fp32, from these same turns.
             base = next((percentiles(v)[0] for t, v in ms.items() if t.runtime == TORCH), None)
             ov_fp32 = next(percentiles(v)[0] for t, v in ms.items() if t.runtime == OV_FP32)
@@ -241,7 +242,7 @@ def main() -> None:
                 ops = {t.runtime: p for t, p in result.profiles.items() if t.model == model}
                 profiles.append(profile_table(model, ops))
     print(
-        f"256x256, batch 1, {len(os.sched_getaffinity(0))} cores, {args.frames} frames after {WARMUP} warm-up, "
+        f"256x256, batch 1, {len(os.sched_getaffinity(0))} cores, {args.frames} frames after {warmup} warm-up, "
         f"CPU: {cpu_description(ov.Core())}{f', timed with {ISA_CAP}={args.isa_cap}' if args.isa_cap else ''}\n"
     )
     print("| model | runtime | p50 ms | p99 ms | frames/s (1/p50) | vs torch (p50) | vs OpenVINO fp32 (p50) |")

@@ -5,7 +5,7 @@ whose leftovers slowed the frames after it (the same int8 bake timed 9.4 ms righ
 
 SPEC is JSON: {"contenders": [{"bundle", "torch", "profiled"}], "frames": "frames.npy", "count", "profile",
 "cache_dir"}; RESULT is JSON: {"ms": [per contender, ms per frame], "profiles": [per contender, {"groups",
-"head_ms", "head_kernels"} or null]}.
+"head_ms", "head_kernels"} or null], "warmup": warm-up frames per contender}.
 
 It also times edge bundles you already have against each other, in the same turns, on random frames of the
 model's input size (an A/B of two bakes of one model, say):
@@ -15,8 +15,8 @@ model's input size (an A/B of two bakes of one model, say):
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -114,36 +114,44 @@ def profile_ops(edge: Path, frames: np.ndarray, count: int) -> dict[str, object]
     return {"groups": dict(total), "head_ms": head_ms, "head_kernels": head_kernels(ops)}
 
 
-BUNDLES_FLAG = "--bundles"
-FRAMES_FLAG = "--frames"
 AB_FRAMES = 400
 
 
-def compare_bundles(args: list[str]) -> None:
-    """p50 of each edge bundle named after --bundles, [--frames N] frames each, taking turns."""
-    count = int(args[args.index(FRAMES_FLAG) + 1]) if FRAMES_FLAG in args else AB_FRAMES
-    names = args[1 : args.index(FRAMES_FLAG)] if FRAMES_FLAG in args else args[1:]
-    size = load_edge_bundle(Path(names[0])).manifest.input  # the bundles are of one model, so of one input size
+def compare_bundles(names: list[Path], count: int) -> None:
+    """p50 and p99 of each edge bundle, `count` frames each, taking turns."""
+    size = load_edge_bundle(names[0]).manifest.input  # the bundles are of one model, so of one input size
     frames = np.random.default_rng(0).integers(0, 256, (BLOCK, size.height, size.width, 3), dtype=np.uint8)
-    contenders = [Contender(Path(n), torch=False, profiled=False) for n in names]
+    contenders = [Contender(n, torch=False, profiled=False) for n in names]
     ms = time_turns(contenders, frames, count, Path(tempfile.mkdtemp(prefix="timing-cache-")))
     print("| edge bundle | p50 ms | p99 ms |\n|---|---:|---:|")
     for name, times in zip(names, ms, strict=True):
         print(f"| {name} | {np.percentile(times, 50):.2f} | {np.percentile(times, 99):.2f} |")
 
 
-def main() -> None:
-    if sys.argv[1:2] == [BUNDLES_FLAG]:
-        compare_bundles(sys.argv[1:])
-        return
-    spec = json.loads(Path(sys.argv[1]).read_text())
+def run_spec(spec_path: Path, result_path: Path) -> None:
+    spec = json.loads(spec_path.read_text())
     contenders = [Contender(Path(c["bundle"]), c["torch"], c["profiled"]) for c in spec["contenders"]]
     frames = np.load(spec["frames"])
     ms = time_turns(contenders, frames, spec["count"], Path(spec["cache_dir"]))
     profiles = [
         profile_ops(c.bundle, frames, spec["count"]) if spec["profile"] and c.profiled else None for c in contenders
     ]
-    Path(sys.argv[2]).write_text(json.dumps({"ms": ms, "profiles": profiles}))
+    result_path.write_text(json.dumps({"ms": ms, "profiles": profiles, "warmup": WARMUP}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("spec", nargs="?", type=Path, help="bench/latency.py's JSON spec")
+    parser.add_argument("result", nargs="?", type=Path, help="where the JSON result goes")
+    parser.add_argument("--bundles", nargs="+", type=Path, help="edge bundles to time against each other")
+    parser.add_argument("--frames", type=int, default=AB_FRAMES, help="frames per bundle, with --bundles")
+    args = parser.parse_args()
+    if args.bundles:
+        compare_bundles(args.bundles, args.frames)
+    elif args.spec and args.result:
+        run_spec(args.spec, args.result)
+    else:
+        parser.error("give SPEC RESULT, or --bundles DIR [DIR ...]")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ GEOMETRY_EFFECT = {
 class CompiledModel(nn.Module):
     """A fitted model compiled whole by OpenVINO for the CPU at f32, called like the model (uint8 images ->
     Prediction). Its graph is the fp32 bake's, whose scores follow torch's to about 1e-6, and it runs several
-    times faster than torch eager (PatchCore: 7.7 against 43 ms an image on 2 cores)."""
+    times faster than torch eager (PatchCore: 7.7 against 43 ms an image on 2 AMD EPYC cores, avx512_vnni)."""
 
     def __init__(self, compiled: Any) -> None:
         super().__init__()
