@@ -11,7 +11,11 @@ good) and its rank correlation against torch on the test images (goods and defec
 With several seeds (ELPV splits), a table of the means over them follows: torch and int8 AUROC and the int8
 test images' rank correlation, the figures issue 19's goals are set on. `--recipe` fits one model with that
 recipe. Data sets as in bench/accuracy.py. int8 is calibrated as bake does by default: on the training images less the
-validation images.
+validation images. `--int8-cpu any,vnni` bakes int8 for both CPU classes from the same fit (`converter bake
+--int8-cpu`: 7-bit weights for any CPU, 8-bit for VNNI CPUs), a row each:
+
+    .venv/bin/python bench/precision.py --datasets elpv-mono,elpv-poly --models patchcore --seed 0,1,2,3,4 \
+        --int8-cpu any,vnni
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from edge_agent.bundle import load_edge_bundle
 from edge_agent.config import ModelConfig
 from edge_agent.runtimes import make_runtime
 from edge_agent.runtimes.base import infer_frame
+from edge_agent.runtimes.openvino_ops import cpu_isa
 from trainer.bundle import load_bundle
 from trainer.data.layouts import discover
 from trainer.fit import FitOptions, fit
@@ -39,7 +44,7 @@ from trainer.models import REGISTRY
 from trainer.predict import predict_scores, read_frames
 
 PERCENT = 100.0
-PRECISIONS = ("fp32", "int8")
+INT8_CPUS = ("any", "vnni")
 
 
 def baked_scores(edge: Path, frames: list[np.ndarray], cache: Path) -> np.ndarray:
@@ -54,16 +59,20 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(sorted(REGISTRY)))
     parser.add_argument("--seed", type=parse_seeds, default=[0], help="ELPV split seeds, e.g. 0,1,2,3,4")
     parser.add_argument("--recipe", type=Path, help="training recipe YAML passed to fit (default: the model's)")
+    parser.add_argument("--int8-cpu", default="any", help="CPU classes to bake int8 for: any, vnni or any,vnni")
     args = parser.parse_args()
     if args.recipe is not None and "," in args.models:
         parser.error("--recipe holds one model's keys; name that one model with --models")
-    print(f"recipe {args.recipe or 'default'}, seed(s) {','.join(map(str, args.seed))}\n")
+    cpus = args.int8_cpu.split(",")
+    if not set(cpus) <= set(INT8_CPUS):
+        parser.error(f"--int8-cpu takes {', '.join(INT8_CPUS)} or both, comma-separated")
+    print(f"recipe {args.recipe or 'default'}, seed(s) {','.join(map(str, args.seed))}, CPU: {' '.join(cpu_isa())}\n")
     print(
-        "| model | seed | data set | torch AUROC % | OV fp32 AUROC % | OV int8 AUROC % | int8 vs torch (points) "
-        "| int8 parity: spearman | verdicts agree | images | int8 spearman: test images | test goods only |"
+        "| model | seed | data set | int8 for | torch AUROC % | OV fp32 AUROC % | OV int8 AUROC % | int8 vs torch "
+        "(points) | int8 parity: spearman | verdicts agree | images | int8 spearman: test images | test goods only |"
     )
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    runs: dict[tuple[str, str], list[tuple[float, float, float]]] = defaultdict(list)
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    runs: dict[tuple[str, str, str], list[tuple[float, float, float]]] = defaultdict(list)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for model_name, seed, name in itertools.product(args.models.split(","), args.seed, args.datasets):
@@ -77,44 +86,43 @@ def main() -> None:
             labels = np.array([label_of[p] for p in kept])
             scores = {"torch": predict_scores(model, frames, manifest.geometry)}
             auroc = {"torch": image_auroc(scores["torch"], labels)}
-            parity = None
-            try:
-                for precision in PRECISIONS:
-                    edge = root / f"{model_name}-{name}-{seed}-{precision}"
-                    parity = bake(BakeOptions(bundle=bundle, out=edge, precision=precision)).parity
-                    scores[precision] = baked_scores(edge, frames, root / "cache")
-                    auroc[precision] = image_auroc(scores[precision], labels)
-            except BakeError as refused:
+            fp32 = root / f"{model_name}-{name}-{seed}-fp32"
+            bake(BakeOptions(bundle=bundle, out=fp32))
+            auroc["fp32"] = image_auroc(baked_scores(fp32, frames, root / "cache"), labels)
+            for cpu in cpus:
+                row = f"| {model_name} | {seed} | {name} | {cpu} | {PERCENT * auroc['torch']:.2f} |"
+                edge = root / f"{model_name}-{name}-{seed}-int8-{cpu}"
+                try:
+                    parity = bake(BakeOptions(bundle=bundle, out=edge, precision="int8", int8_cpu=cpu)).parity
+                except BakeError as refused:
+                    print(f"{row} {PERCENT * auroc['fp32']:.2f} | {refused} ||||||", flush=True)
+                    continue
+                int8 = baked_scores(edge, frames, root / "cache")
+                int8_auroc = image_auroc(int8, labels)
+                test_rho = spearman(scores["torch"], int8)
+                runs[model_name, name, cpu].append((auroc["torch"], int8_auroc, test_rho))
                 print(
-                    f"| {model_name} | {seed} | {name} | {PERCENT * auroc['torch']:.2f} | {refused} ||||||", flush=True
+                    f"{row} {PERCENT * auroc['fp32']:.2f} | {PERCENT * int8_auroc:.2f} | "
+                    f"{PERCENT * (int8_auroc - auroc['torch']):+.2f} | {parity.spearman:.4f} | "
+                    f"{parity.verdict_agreement:.1%} | {parity.images} | {test_rho:.4f} | "
+                    f"{spearman(scores['torch'][~labels], int8[~labels]):.4f} |",
+                    flush=True,
                 )
-                continue
-            assert parity is not None
-            test_rho = spearman(scores["torch"], scores["int8"])
-            runs[model_name, name].append((auroc["torch"], auroc["int8"], test_rho))
-            print(
-                f"| {model_name} | {seed} | {name} | {PERCENT * auroc['torch']:.2f} | {PERCENT * auroc['fp32']:.2f} | "
-                f"{PERCENT * auroc['int8']:.2f} | {PERCENT * (auroc['int8'] - auroc['torch']):+.2f} | "
-                f"{parity.spearman:.4f} | {parity.verdict_agreement:.1%} | {parity.images} | "
-                f"{test_rho:.4f} | "
-                f"{spearman(scores['torch'][~labels], scores['int8'][~labels]):.4f} |",
-                flush=True,
-            )
     if len(args.seed) > 1:
         print(_means_table(runs))
 
 
-def _means_table(runs: dict[tuple[str, str], list[tuple[float, float, float]]]) -> str:
+def _means_table(runs: dict[tuple[str, str, str], list[tuple[float, float, float]]]) -> str:
     lines = [
         "",
-        "| model | data set | splits | torch AUROC % (mean) | OV int8 AUROC % (mean) | int8 vs torch (points) "
-        "| int8 spearman on test images (mean, min) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| model | data set | int8 for | splits | torch AUROC % (mean) | OV int8 AUROC % (mean) | int8 vs torch "
+        "(points) | int8 spearman on test images (mean, min) |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
-    for (model, name), rows in runs.items():
+    for (model, name, cpu), rows in runs.items():
         torch_auroc, int8_auroc, rho = (np.array(column) for column in zip(*rows, strict=True))
         lines.append(
-            f"| {model} | {name} | {len(rows)} | {PERCENT * torch_auroc.mean():.2f} | "
+            f"| {model} | {name} | {cpu} | {len(rows)} | {PERCENT * torch_auroc.mean():.2f} | "
             f"{PERCENT * int8_auroc.mean():.2f} "
             f"| {PERCENT * (int8_auroc.mean() - torch_auroc.mean()):+.2f} | {rho.mean():.4f}, {rho.min():.4f} |"
         )

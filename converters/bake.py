@@ -30,13 +30,14 @@ from converters.tensorrt import (
     build_engine,
     tensorrt_available,
 )
-from edge_agent.bundle import EDGE_FORMAT_VERSION, MANIFEST, EdgeManifest, Parity
+from edge_agent.bundle import EDGE_FORMAT_VERSION, MANIFEST, EdgeManifest, Int8Cpu, Parity
 from edge_agent.geometry import Combined, Geometry
 from edge_agent.hashing import sha256_file
 from edge_agent.imageio import list_images
 from edge_agent.runtimes.base import Runtime, infer_frame
 from edge_agent.runtimes.onnxruntime import MODEL_ONNX, OnnxRuntime
 from edge_agent.runtimes.openvino import MODEL_BIN, MODEL_XML, OpenVinoRuntime
+from edge_agent.runtimes.openvino_ops import cpu_isa, has_vnni
 from trainer.bundle import MANIFEST as MODEL_MANIFEST
 from trainer.bundle import ModelManifest, TrainingSet, load_bundle
 from trainer.data.dataset import DataError
@@ -70,6 +71,7 @@ class BakeOptions:
     guard: Guard = field(default_factory=Guard)
     # tensorrt without TensorRT here: write the ONNX anyway, for the agent's TensorRT provider to build on the target
     engine_on_target: bool = False
+    int8_cpu: Int8Cpu = "any"  # the CPU class an int8 bake runs on (edge_agent.bundle.Int8Cpu)
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,15 @@ def _check_target(options: BakeOptions) -> None:
         raise BakeError(f"--precision {precision} is not available for --target {target} (choose {choices}){hint}")
     if target == "tensorrt" and not tensorrt_available() and not options.engine_on_target:
         raise BakeError(NOT_INSTALLED)
+    if options.int8_cpu != "any" and precision != "int8":
+        raise BakeError(f"--int8-cpu {options.int8_cpu} applies to int8 bakes; add --precision int8 or leave it out")
+    isa = cpu_isa()
+    if options.int8_cpu == "vnni" and not has_vnni(isa):
+        # Parity would be measured on saturating kernels, which the target never runs.
+        raise BakeError(
+            f"--int8-cpu vnni needs a VNNI CPU to check the bake on, and this one has none ({' '.join(isa)}); "
+            "bake on such a machine, or use --int8-cpu any"
+        )
 
 
 def _read_folder(folder: Path, option: str) -> list[np.ndarray]:
@@ -171,7 +182,7 @@ def _write_graph(model: nn.Module, source: ModelManifest, options: BakeOptions, 
         graph = to_openvino(model, height, width)
         if options.precision == "int8":
             calibration = model_inputs(frames.calibration, geometry)
-            graph = quantize_openvino(graph, calibration, int8_scope(source.model))
+            graph = quantize_openvino(graph, calibration, int8_scope(source.model), options.int8_cpu)
         ov.save_model(graph, str(folder / MODEL_XML), compress_to_fp16=options.precision == "fp16")
         return
     export_onnx(model, height, width, folder / MODEL_ONNX)
@@ -254,6 +265,7 @@ def bake(options: BakeOptions, open_runtime: RuntimeOpener = agent_runtime) -> E
                     else None
                 ),
                 "kernels": kernels,
+                "int8_cpu": options.int8_cpu if options.precision == "int8" else None,
                 "source_bundle_sha256": source_sha,
                 "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "files": _baked_files(staging),

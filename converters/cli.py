@@ -9,7 +9,9 @@ import typer
 
 from converters.bake import BakeError, BakeOptions, bake
 from converters.guard import Guard
+from edge_agent.bundle import Int8Cpu
 from edge_agent.console import run_cli, setup_logging
+from edge_agent.runtimes.openvino_ops import cpu_isa, has_vnni
 from trainer.bundle import BundleError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
@@ -43,6 +45,13 @@ def bake_command(
     engine_on_target: Annotated[
         bool, typer.Option(help="tensorrt without TensorRT here: write model.onnx; the agent builds the engine")
     ] = False,
+    int8_cpu: Annotated[
+        str,
+        typer.Option(
+            help="int8: the CPU class it runs on. any (7-bit weights, every x86 CPU) | vnni (8-bit weights, closer "
+            "to torch; AVX-512 VNNI, AVX-VNNI or AMX only, the agent refuses it elsewhere) | native (this machine's)"
+        ),
+    ] = "any",
 ) -> None:
     """Export the whole pipeline as one graph, check it against torch, and write the edge bundle.
 
@@ -50,7 +59,8 @@ def bake_command(
     """
     setup_logging()
     guard = Guard(max_auroc_drop=max_auroc_drop, max_flip_rate=max_flip_rate, margin=margin)
-    manifest = bake(BakeOptions(bundle, out, target, precision, calib, defects, guard, engine_on_target))
+    cpu = _int8_cpu(int8_cpu)
+    manifest = bake(BakeOptions(bundle, out, target, precision, calib, defects, guard, engine_on_target, cpu))
     p = manifest.parity
     auroc = ""
     if p.auroc_reference is not None and p.auroc_baked is not None:
@@ -66,6 +76,23 @@ def bake_command(
             "(the search is int8 1x1 convolutions, oneDNN's fast int8 path with and without VNNI; another CPU "
             "class picks its own kernels, which the agent logs at start)"
         )
+    if manifest.int8_cpu is not None:
+        typer.echo(INT8_CPU_NOTES[manifest.int8_cpu])
+
+
+INT8_CPU_NOTES = {
+    "any": "int8 for any x86 CPU: 7-bit weights, exact on AVX2 too (--int8-cpu vnni: 8-bit, closer to torch)",
+    "vnni": "int8 for VNNI CPUs (AVX-512 VNNI, AVX-VNNI, AMX): 8-bit weights; the agent refuses it on other CPUs",
+}
+
+
+def _int8_cpu(choice: str) -> Int8Cpu:
+    """--int8-cpu as the manifest's value: native is this machine's class."""
+    if choice == "native":
+        return "vnni" if has_vnni(cpu_isa()) else "any"
+    if choice not in ("any", "vnni"):
+        raise BakeError(f"unknown --int8-cpu '{choice}'; choose any, vnni or native")
+    return "vnni" if choice == "vnni" else "any"
 
 
 def main() -> None:

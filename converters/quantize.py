@@ -4,10 +4,15 @@ What stays float, and why (measured on Lite0 PatchCore; relative L2 error of the
 - the scoring head, everything from the first MatMul or FakeQuantize on (distances, maps, blur, score): its
   inputs on defects lie far outside the ranges calibration sees on good parts, so NNCF's ranges would clip
   exactly what must stand out. A model that wants int8 in its head writes it itself (PatchCore's int8 bank);
-- depthwise convolutions, and the pooling, resampling and concatenation of the taps: with them in int8 the
-  stride-8 tap came out 85% off, and in a PatchCore bake they flipped all 12 validation verdicts;
+- the pooling, resampling and concatenation of the taps;
 - the convolution(s) reading the normalized pixels (the stem): with only that one in int8, ELPV mono's rank
   correlation against torch (431 test images) fell to 0.92 and PatchCore's AUROC by 5.6 points;
+- the convolution reading the stem's output (Lite0's first depthwise). It alone broke earlier bakes that kept
+  every depthwise float: in int8 it moved PatchCore's scores by 88% (every validation verdict flipped, on every
+  oneDNN ISA alike), and its weights alone, rounded per channel to 7 bits in torch, by 45%: its 3 x 3 filters
+  sum nearly to zero and the batch norm after it scales them up to 56 times, so rounding is amplified. The
+  other depthwise convolutions are int8: with them, the PatchCore bake's parity is that of keeping them float,
+  and its frame 0.6 ms shorter (AMX Xeon, 3.13 -> 2.55 ms p50);
 - for every model but PatchCore, also the convolutions fed by the signed linear bottleneck (the expand
   convolutions), the "projections" scope. PatchCore takes the "backbone" scope, with them in int8: on ELPV mono
   its AUROC went 95.47 -> 95.57 and every validation verdict held, and its frame took 2.9 ms against 4.2
@@ -19,11 +24,12 @@ against torch from 0.911 to 0.932 and the test goods' from 0.971 to 0.981 (a bak
 calibration images; a scratch comparison, one run each), but on the tests' tiny synthetic set it took PatchCore's
 from above 0.85 to 0.75. The mixed preset (asymmetric activations) gained less on mono (0.924, 0.979).
 
-Weights are quantized to 7 bits in every layer (NNCF's overflow fix), not only in the first: CPUs without VNNI
-(AVX2 only, as many factory PCs and this project's Zen 3 CI machine) multiply u8 x s8 pairs into saturating int16,
-which took the tiny PatchCore bake's rank correlation from 0.90 to 0.63. A bundle must hold on any CPU. (On a VNNI
-CPU, 8-bit weights raised ELPV mono's validation rank correlation from 0.911 to 0.934, the test goods' from 0.971
-to 0.988: the price of running everywhere.)
+Weights are 7 bits in every layer (NNCF's overflow fix) unless the bake is for VNNI CPUs: CPUs without VNNI (AVX2
+only, as many factory PCs) multiply u8 x s8 pairs into saturating int16, which took the tiny PatchCore bake's rank
+correlation from 0.90 to 0.63. `converter bake --int8-cpu vnni` takes 8-bit weights for CPUs with AVX-512 VNNI,
+AVX-VNNI or AMX, and the agent refuses that bundle on any other CPU: on ELPV split 0 (bench/precision.py) poly's
+int8 AUROC went from +0.55 points off torch to +0.11, its test images' rank correlation from 0.9931 to 0.9955, and
+mono's validation rank correlation from 0.952 to 0.968.
 """
 
 from __future__ import annotations
@@ -36,11 +42,14 @@ import numpy as np
 import openvino as ov
 from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
+from edge_agent.bundle import Int8Cpu
+
 log = logging.getLogger(__name__)
 
 HEAD_STARTS = {"MatMul", "FakeQuantize"}
-FLOAT_TYPES = ["GroupConvolution", "AvgPool", "Interpolate", "Concat"]
-CONVOLUTIONS = {"Convolution", "GroupConvolution"}
+FLOAT_TYPES = ["AvgPool", "Interpolate", "Concat"]
+DEPTHWISE = "GroupConvolution"
+CONVOLUTIONS = {"Convolution", DEPTHWISE}
 BOUNDED_ACTIVATION = "Clamp"
 
 Scope = Literal["backbone", "projections"]
@@ -76,6 +85,24 @@ def input_convolutions(model: ov.Model) -> list[str]:
     return first
 
 
+def stem_successors(model: ov.Model) -> list[str]:
+    """Names of the convolutions that read the stem's output: those whose nearest convolutions upstream are all
+    input convolutions (Lite0's first depthwise, through the stem's batch norm and ReLU6)."""
+    stems = set(input_convolutions(model))
+    convolutions: set[str] = set()
+    nearest: dict[str, set[str]] = {}  # op -> the convolutions closest upstream of it
+    found = []
+    for op in model.get_ordered_ops():
+        name = op.get_friendly_name()
+        producers = [value.get_node().get_friendly_name() for value in op.input_values()]
+        nearest[name] = {c for p in producers for c in ({p} if p in convolutions else nearest[p])}
+        if op.get_type_name() in CONVOLUTIONS:
+            convolutions.add(name)
+            if name not in stems and nearest[name] and nearest[name] <= stems:
+                found.append(name)
+    return found
+
+
 def unbounded_convolutions(model: ov.Model) -> list[str]:
     """Convolutions whose input is not a clamped activation."""
     return [
@@ -85,18 +112,22 @@ def unbounded_convolutions(model: ov.Model) -> list[str]:
     ]
 
 
-def quantize_openvino(model: ov.Model, calibration: np.ndarray, scope: Scope) -> ov.Model:
-    """int8 for the feature extractor's convolutions in `scope` (all but the stem, or only those fed by a
-    clamped activation), with ranges from `calibration` (uint8 K x H x W x 3 model inputs of good parts)."""
+def quantize_openvino(model: ov.Model, calibration: np.ndarray, scope: Scope, cpu: Int8Cpu = "any") -> ov.Model:
+    """int8 for the feature extractor's convolutions in `scope` (all but the stem and the convolution after it,
+    or only the 1 x 1 convolutions fed by a clamped activation), with ranges from `calibration` (uint8 K x H x W x 3
+    model inputs of good parts), and weights of 7 bits for any CPU or 8 for VNNI CPUs (see above)."""
     if len(calibration) == 0:
         raise ValueError("int8 quantization needs at least one calibration image")
     dataset = nncf.Dataset([image[np.newaxis] for image in calibration])
-    floats = head_ops(model) + input_convolutions(model)
+    floats = head_ops(model) + input_convolutions(model) + stem_successors(model)
+    types = FLOAT_TYPES
     if scope == "projections":
         floats += unbounded_convolutions(model)
-    ignored = nncf.IgnoredScope(names=floats, types=FLOAT_TYPES, validate=False)
-    log.info("quantizing to int8 (%s scope) on %d calibration image(s)", scope, len(calibration))
-    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
+        types = [*types, DEPTHWISE]
+    ignored = nncf.IgnoredScope(names=floats, types=types, validate=False)
+    log.info("quantizing to int8 (%s scope, for %s CPUs) on %d calibration image(s)", scope, cpu, len(calibration))
+    overflow_fix = OverflowFix.ENABLE if cpu == "any" else OverflowFix.DISABLE
+    advanced = AdvancedQuantizationParameters(overflow_fix=overflow_fix)
     return nncf.quantize(
         model, dataset, subset_size=len(calibration), ignored_scope=ignored, advanced_parameters=advanced
     )

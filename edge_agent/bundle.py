@@ -70,6 +70,12 @@ class Kernels(Strict):
     head: list[str]
 
 
+# The CPU class an int8 OpenVINO bundle was baked for. "any": weights of 7 bits, exact on every x86 CPU; "vnni":
+# weights of 8 bits, closer to torch, but CPUs without VNNI (AVX2 only) saturate their u8 x s8 products in int16,
+# so the agent refuses such a bundle there.
+Int8Cpu = Literal["any", "vnni"]
+
+
 class EdgeManifest(Strict):
     format_version: int
     model: str  # model type, e.g. patchcore
@@ -84,6 +90,7 @@ class EdgeManifest(Strict):
     parity: Parity
     calibration: Calibration | None = None  # int8 only
     kernels: Kernels | None = None  # OpenVINO CPU bakes only
+    int8_cpu: Int8Cpu | None = None  # int8 bakes only; None in bundles baked before the choice existed: "any"
     source_bundle_sha256: str
     created_at: str
     files: dict[str, str]

@@ -9,7 +9,7 @@ import openvino as ov
 from edge_agent.bundle import EdgeBundle, Kernels
 from edge_agent.errors import BundleError
 from edge_agent.runtimes.base import Inference
-from edge_agent.runtimes.openvino_ops import compiled_ops, cpu_description, head_kernels
+from edge_agent.runtimes.openvino_ops import compiled_ops, cpu_description, cpu_isa, has_vnni, head_kernels
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,20 @@ def compile_config(precision: str, device: str) -> dict[str, str]:
     return config | NO_DYNAMIC_QUANTIZATION if device == "CPU" else config
 
 
+# Devices whose int8 kernels are oneDNN's CPU ones (AUTO may pick the CPU); the iGPU has no int16 saturation.
+CPU_DEVICES = {"CPU", "AUTO"}
+
+
+def check_int8_cpu(bundle: EdgeBundle, device: str, isa: list[str]) -> None:
+    """Refuse a bundle baked for VNNI CPUs (8-bit weights) on a CPU without VNNI, where its int8 products would
+    saturate: scores off, with no error from OpenVINO."""
+    if bundle.manifest.int8_cpu == "vnni" and device in CPU_DEVICES and not has_vnni(isa):
+        raise BundleError(
+            f"edge bundle {bundle.path} was baked with --int8-cpu vnni, and this CPU has no VNNI "
+            f"({' '.join(isa) or 'flags unknown'}); bake it again with --int8-cpu any, or run it on a VNNI CPU"
+        )
+
+
 class OpenVinoRuntime:
     """The baked graph compiled for CPU, GPU (Intel iGPU) or AUTO, with an optional compiled-model cache."""
 
@@ -63,6 +77,7 @@ class OpenVinoRuntime:
 
     @classmethod
     def from_bundle(cls, bundle: EdgeBundle, device: str = "CPU", cache_dir: Path | None = None) -> OpenVinoRuntime:
+        check_int8_cpu(bundle, device, cpu_isa())
         return cls(bundle.file(MODEL_XML), bundle.manifest.precision, device, cache_dir)
 
     def infer(self, image: np.ndarray) -> Inference:

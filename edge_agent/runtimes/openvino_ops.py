@@ -22,6 +22,12 @@ CPUINFO = Path("/proc/cpuinfo")
 # The vector and matrix extensions oneDNN's int8 and float kernels are chosen by.
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16")
 ISA_CAP = "ONEDNN_MAX_CPU_ISA"
+# u8 x s8 multiply-accumulate in 32 bits, without the int16 saturation of AVX2's vpmaddubsw.
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+# oneDNN cap names at or above the first VNNI ISAs (AVX2_VNNI, AVX512_CORE_VNNI, ..._BF16, ..._FP16, ..._AMX,
+# AVX10_*), and the values that mean no cap.
+VNNI_CAP_MARKS = ("VNNI", "BF16", "FP16", "AMX", "AVX10")
+UNCAPPED = ("ALL", "DEFAULT", "")
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,15 @@ def cpu_isa(cpuinfo: Path = CPUINFO) -> list[str]:
     found = [flag for flag in ISA_FLAGS if flag in flags]
     cap = os.environ.get(ISA_CAP)
     return [*found, f"{ISA_CAP}={cap}"] if cap else found
+
+
+def has_vnni(isa: list[str]) -> bool:
+    """Whether int8 runs on VNNI instructions here (AVX-512 VNNI, AVX-VNNI or AMX), given `cpu_isa()`. A oneDNN
+    cap below the VNNI ISAs (AVX2, AVX512_CORE) takes them away, whatever the CPU has."""
+    cap = next((entry.split("=", 1)[1].upper() for entry in isa if entry.startswith(f"{ISA_CAP}=")), None)
+    if cap is not None and cap not in UNCAPPED and not any(mark in cap for mark in VNNI_CAP_MARKS):
+        return False
+    return any(flag in isa for flag in VNNI_FLAGS)
 
 
 def cpu_description(core: ov.Core) -> str:

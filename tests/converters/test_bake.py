@@ -18,6 +18,7 @@ from edge_agent.errors import BundleError
 from edge_agent.geometry import Geometry, prepare
 from edge_agent.imageio import list_images, read_image
 from edge_agent.runtimes.openvino import OpenVinoRuntime
+from edge_agent.runtimes.openvino_ops import ISA_CAP
 from trainer.bundle import load_bundle, read_manifest
 
 FP32_REL_TOLERANCE = 1e-3
@@ -84,12 +85,23 @@ def test_bake_cli_refuses_a_missing_bundle(tmp_path: Path) -> None:
         (["--target", "coreml"], "unknown --target 'coreml'; choose one of openvino, onnx, tensorrt"),
         (["--precision", "int4"], "--precision int4 is not available for --target openvino (choose fp32, fp16, int8)"),
         (["--target", "onnx", "--precision", "int8"], "int8 is baked for OpenVINO"),
+        (["--precision", "int8", "--int8-cpu", "arm"], "unknown --int8-cpu 'arm'; choose any, vnni or native"),
+        (["--int8-cpu", "vnni"], "--int8-cpu vnni applies to int8 bakes; add --precision int8"),
     ],
 )
 def test_bake_cli_refuses_an_unknown_target_or_precision(
     pipeline: Pipeline, tmp_path: Path, option: list[str], expected: str
 ) -> None:
     _one_line_error(_bake_cli(str(pipeline.model), "--out", str(tmp_path / "e"), *option), expected)
+    assert not (tmp_path / "e").exists()
+
+
+def test_an_int8_bake_for_vnni_cpus_needs_one_to_check_it_on(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ISA_CAP, "AVX2")  # oneDNN capped below VNNI: no VNNI here, whatever this CPU has
+    args = ("--out", str(tmp_path / "e"), "--precision", "int8", "--int8-cpu", "vnni")
+    _one_line_error(_bake_cli(str(pipeline.model), *args), "--int8-cpu vnni needs a VNNI CPU to check the bake on")
     assert not (tmp_path / "e").exists()
 
 

@@ -6,7 +6,7 @@ import openvino as ov
 import torch
 from torch import nn
 
-from converters.quantize import input_convolutions, int8_scope, unbounded_convolutions
+from converters.quantize import input_convolutions, int8_scope, stem_successors, unbounded_convolutions
 
 
 def _graph() -> ov.Model:
@@ -25,6 +25,17 @@ def test_only_the_stem_reads_the_pixels() -> None:
     stems = input_convolutions(model)
     assert len(stems) == 1
     assert _input_of(model, stems[0]) == "Parameter"
+
+
+def test_the_convolution_after_the_stem_is_found_through_its_activation() -> None:
+    # stem -> ReLU6 -> depthwise -> ReLU6 -> 1x1: only the depthwise reads the stem's output
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU6(), nn.Conv2d(8, 8, 3, groups=8), nn.ReLU6(), nn.Conv2d(8, 8, 1))
+    model = ov.convert_model(net.eval(), example_input=torch.zeros(1, 3, 16, 16))
+    after = stem_successors(model)
+    assert len(after) == 1
+    op = next(o for o in model.get_ordered_ops() if o.get_friendly_name() == after[0])
+    assert op.get_type_name() == "GroupConvolution"
+    assert _input_of(model, after[0]) == "Clamp"
 
 
 def test_the_projections_scope_also_keeps_the_linear_fed_convolutions() -> None:

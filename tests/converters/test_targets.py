@@ -26,6 +26,7 @@ from edge_agent.imageio import list_images, read_image
 from edge_agent.runtimes import make_runtime
 from edge_agent.runtimes.base import Inference, Runtime
 from edge_agent.runtimes.onnxruntime import TENSORRT, OnnxRuntime
+from edge_agent.runtimes.openvino_ops import cpu_isa, has_vnni
 from trainer.bundle import load_bundle, read_manifest
 from trainer.fit import FitOptions, fit
 from trainer.models import REGISTRY
@@ -88,16 +89,21 @@ def test_fp32_bake_follows_torch_in_the_agent_runtime(
     np.testing.assert_allclose(_agent_scores(edge, images, tmp_path / "cache"), reference, rtol=FP32_REL_TOLERANCE)
 
 
-def _precision_of_convolutions(xml: Path) -> set[str]:
-    """Element types of the weights the convolutions read: i8 where NNCF quantized them, f32/f16 elsewhere."""
-    types = set()
+def _weight_types(xml: Path, op_type: str = "Convolution") -> list[str]:
+    """Element types of the weights each op of `op_type` reads, in graph order: i8 where NNCF quantized them,
+    f32/f16 elsewhere."""
+    types = []
     for op in ov.Core().read_model(str(xml)).get_ordered_ops():
-        if op.get_type_name() == "Convolution":
+        if op.get_type_name() == op_type:
             weights = op.input_value(1).get_node()
-            while weights.get_type_name() in {"Convert", "Subtract", "Multiply", "FakeQuantize"}:
+            while weights.get_type_name() in {"Convert", "Subtract", "Multiply", "FakeQuantize", "Reshape"}:
                 weights = weights.input_value(0).get_node()
-            types.add(weights.get_output_element_type(0).get_type_name())
+            types.append(weights.get_output_element_type(0).get_type_name())
     return types
+
+
+def _precision_of_convolutions(xml: Path) -> set[str]:
+    return set(_weight_types(xml))
 
 
 def _check_reduced_bake(bundle: Path, pipeline: Pipeline, tmp_path: Path, precision: str) -> None:
@@ -120,6 +126,19 @@ def _check_reduced_bake(bundle: Path, pipeline: Pipeline, tmp_path: Path, precis
 
 def test_patchcore_int8_bake_completes_with_its_structure(pipeline: Pipeline, tmp_path: Path) -> None:
     _check_reduced_bake(pipeline.model, pipeline, tmp_path, "int8")
+    # The depthwise convolutions are int8 but the first, which reads the float stem (converters/quantize.py).
+    depthwise = _weight_types(tmp_path / "edge" / "model.xml", "GroupConvolution")
+    assert depthwise[0] != "i8" and set(depthwise[1:]) == {"i8"}
+    assert load_edge_bundle(tmp_path / "edge").manifest.int8_cpu == "any"
+
+
+@pytest.mark.skipif(not has_vnni(cpu_isa()), reason="an int8 bake for VNNI CPUs is checked on one")
+def test_an_int8_bake_for_vnni_cpus_records_it(pipeline: Pipeline, tmp_path: Path) -> None:
+    edge = tmp_path / "edge"
+    manifest = bake(BakeOptions(bundle=pipeline.model, out=edge, precision="int8", guard=OPEN_GUARD, int8_cpu="vnni"))
+    assert manifest.int8_cpu == "vnni"
+    scores = _agent_scores(edge, _spot_images(pipeline), tmp_path / "cache")
+    assert np.isfinite(scores).all() and (scores > 0).all()
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import openvino.opset13 as ops
 import pytest
 
 from edge_agent.runtimes.openvino import compile_config
-from edge_agent.runtimes.openvino_ops import ISA_CAP, compiled_ops, cpu_isa, head_kernels
+from edge_agent.runtimes.openvino_ops import ISA_CAP, compiled_ops, cpu_isa, has_vnni, head_kernels
 
 
 def _named(node: ov.Node, name: str) -> ov.Node:
@@ -52,3 +52,25 @@ def test_cpu_isa_reads_the_flags_and_names_onednn_s_cap(tmp_path: Path, monkeypa
     assert cpu_isa(cpuinfo) == ["avx2", "avx512f", "avx512_vnni", f"{ISA_CAP}=AVX2"]
     monkeypatch.delenv(ISA_CAP)
     assert cpu_isa(tmp_path / "missing") == []
+
+
+@pytest.mark.parametrize(
+    ("isa", "vnni"),
+    [
+        (["avx2"], False),
+        (["avx2", "avx512f"], False),
+        (["avx2", "avx_vnni"], True),
+        (["avx2", "avx512f", "avx512_vnni"], True),
+        (["avx2", "avx512f", "avx512_vnni", "amx_int8"], True),
+        # A oneDNN cap below VNNI takes it away; one at or above it, or none, does not.
+        (["avx2", "avx512f", "avx512_vnni", f"{ISA_CAP}=AVX2"], False),
+        (["avx2", "avx512f", "avx512_vnni", f"{ISA_CAP}=AVX512_CORE"], False),
+        (["avx2", "avx_vnni", f"{ISA_CAP}=AVX2_VNNI"], True),
+        (["avx2", "avx512f", "avx512_vnni", f"{ISA_CAP}=avx512_core_vnni"], True),
+        (["avx2", "avx512f", "avx512_vnni", f"{ISA_CAP}=ALL"], True),
+        # A cap cannot add what the CPU lacks.
+        (["avx2", f"{ISA_CAP}=AVX512_CORE_AMX"], False),
+    ],
+)
+def test_vnni_comes_from_the_flags_and_onednn_s_cap(isa: list[str], vnni: bool) -> None:
+    assert has_vnni(isa) is vnni

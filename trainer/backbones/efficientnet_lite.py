@@ -187,8 +187,10 @@ class EfficientNetLite(nn.Module):
 
 def lite_input(image: torch.Tensor) -> torch.Tensor:
     """Camera pixels (uint8 N x H x W x 3) as the float N x 3 x H x W input Lite0 was trained on, in [-1, 1].
-    Models call this first in `forward`, so normalization is part of the exported graph."""
-    return (image.permute(0, 3, 1, 2).float() - LITE_MEAN) / LITE_STD
+    Models call this first in `forward`, so normalization is part of the exported graph. It normalizes before the
+    permute: OpenVINO then runs the stem on the frame's own channels-last layout, where normalizing after it left
+    a u8 transpose and a float reorder back, 0.1 ms of a 2.7 ms int8 PatchCore frame (AMX Xeon)."""
+    return ((image.float() - LITE_MEAN) / LITE_STD).permute(0, 3, 1, 2)
 
 
 def weights_path(name: str) -> Path:
