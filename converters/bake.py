@@ -94,8 +94,7 @@ def _check_target(options: BakeOptions) -> None:
         raise BakeError(NOT_INSTALLED)
     if options.int8_cpu != "any" and precision != "int8":
         raise BakeError(f"--int8-cpu {options.int8_cpu} applies to int8 bakes; add --precision int8 or leave it out")
-    isa = cpu_isa()
-    if options.int8_cpu == "vnni" and not has_vnni(isa):
+    if options.int8_cpu == "vnni" and not has_vnni(isa := cpu_isa()):
         # Parity would be measured on saturating kernels, which the target never runs.
         raise BakeError(
             f"--int8-cpu vnni needs a VNNI CPU to check the bake on, and this one has none ({' '.join(isa)}); "

@@ -10,9 +10,10 @@ What stays float, and why (measured on Lite0 PatchCore; relative L2 error of the
 - the convolution reading the stem's output (Lite0's first depthwise). It alone broke earlier bakes that kept
   every depthwise float: in int8 it moved PatchCore's scores by 88% (every validation verdict flipped, on every
   oneDNN ISA alike), and its weights alone, rounded per channel to 7 bits in torch, by 45%: its 3 x 3 filters
-  sum nearly to zero and the batch norm after it scales them up to 56 times, so rounding is amplified. The
-  other depthwise convolutions are int8: with them, the PatchCore bake's parity is that of keeping them float,
-  and its frame 0.6 ms shorter (AMX Xeon, 3.13 -> 2.55 ms p50);
+  sum nearly to zero and the batch norm after it scales them up to 56 times, so rounding is amplified. In the
+  backbone scope (PatchCore) the other depthwise convolutions are int8: parity is that of keeping them float,
+  and the frame 0.6 ms shorter (Xeon with amx_int8 avx512_vnni avx_vnni, 3.13 -> 2.55 ms p50, one scratch
+  profile). The projections scope keeps them float: FastFlow's ELPV mono bake was refused with them in int8;
 - for every model but PatchCore, also the convolutions fed by the signed linear bottleneck (the expand
   convolutions), the "projections" scope. PatchCore takes the "backbone" scope, with them in int8: on ELPV mono
   its AUROC went 95.47 -> 95.57 and every validation verdict held, and its frame took 2.9 ms against 4.2
