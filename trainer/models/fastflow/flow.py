@@ -135,7 +135,9 @@ class Flow2d(nn.Module):
         z, log_det = self.norm(self.rotation(x))
         for coupling, permutation in zip(self.couplings, self.permutations, strict=True):
             z, step_log_det = coupling(z)
-            z = z[:, permutation]
+            # index_select, not z[:, permutation]: the same Gather when exported, but its backward is an index_add
+            # where advanced indexing's is an accumulating index_put, 3x slower fwd + bwd on a 16 x 112 x 16 x 16 batch.
+            z = z.index_select(1, permutation)
             log_det = log_det + step_log_det
         return z, log_det
 
