@@ -1,6 +1,8 @@
 """Accuracy of PatchCore (or any registry model) on synthetic parts and on ELPV solar cells, against DESIGN.md's
 bar: image AUROC, pixel AUROC and AUPRO (synthetic parts have masks, ELPV has none), fit seconds, the memory
-bank's bytes and torch's milliseconds per image.
+bank's bytes and torch's milliseconds per image. `synthetic-elpv-mono` and `synthetic-elpv-poly` are real ELPV
+good cells with drawn thin cracks, faint stains and edge chips and their exact masks: 60 test goods and 40 defects
+per type, every other good cell of the type a training image, all drawn by the seed.
 
     .venv/bin/python bench/accuracy.py
 
@@ -38,7 +40,8 @@ from torch import nn
 
 from edge_agent.geometry import Geometry
 from trainer.bundle import load_bundle
-from trainer.data.elpv import ELPV_PREFIX, Counts, summary
+from trainer.data import synthetic_elpv
+from trainer.data.elpv import CELL_TYPES, ELPV_PREFIX, Counts, summary
 from trainer.data.layouts import discover
 from trainer.data.synthetic import SyntheticSpec, generate
 from trainer.evaluate import evaluate
@@ -48,9 +51,14 @@ from trainer.predict import model_inputs, read_frames
 
 MODEL = "patchcore"
 SYNTHETIC = "synthetic"
-DATASETS = (SYNTHETIC, "elpv-mono", "elpv-poly", "elpv-all")
+# Real ELPV good cells with drawn defects (trainer/data/synthetic_elpv.py), by cell type.
+SYNTHETIC_ELPV = {f"{SYNTHETIC}-{synthetic_elpv.TEXTURE_PREFIX}{t}": t for t in CELL_TYPES}
+DATASETS = (SYNTHETIC, *SYNTHETIC_ELPV, "elpv-mono", "elpv-poly", "elpv-all")
 # More test images than the generator's default, so one image moves the AUROC by little.
 SYNTHETIC_SPEC = SyntheticSpec(test_good=40, test_defects_per_type=20)
+# Cells kept for testing the ELPV-based synthetic sets; every other good cell of the type is a training image.
+SYNTHETIC_ELPV_TEST_GOOD = 60
+SYNTHETIC_ELPV_DEFECTS_PER_TYPE = 40
 # The throwaway reference PatchCore's image AUROC in percent (DESIGN.md, "A bar to beat on ELPV").
 BAR = {"elpv-mono": 96.4, "elpv-poly": 89.0}
 PERCENT = 100.0
@@ -72,9 +80,24 @@ class Result:
     torch_ms: float
 
 
+def synthetic_elpv_spec(cell_type: str, seed: int) -> SyntheticSpec:
+    """As many training cells as the type has once the test goods and the defective cells are set aside."""
+    reserved = SYNTHETIC_ELPV_TEST_GOOD + SYNTHETIC_ELPV_DEFECTS_PER_TYPE * len(synthetic_elpv.DEFECT_TYPES)
+    train_good = len(synthetic_elpv.good_cells(cell_type)) - reserved
+    return SyntheticSpec(
+        train_good=train_good,
+        test_good=SYNTHETIC_ELPV_TEST_GOOD,
+        test_defects_per_type=SYNTHETIC_ELPV_DEFECTS_PER_TYPE,
+        seed=seed,
+    )
+
+
 def data_for(name: str, tmp: Path, seed: int) -> Path:
     if name == SYNTHETIC:
         return generate(tmp / SYNTHETIC, dataclasses.replace(SYNTHETIC_SPEC, seed=seed))
+    if name in SYNTHETIC_ELPV:
+        cell_type = SYNTHETIC_ELPV[name]
+        return synthetic_elpv.generate(tmp / name, cell_type, synthetic_elpv_spec(cell_type, seed))
     return Path(f"{ELPV_PREFIX}{name.removeprefix('elpv-')}:{seed}")
 
 

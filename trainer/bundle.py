@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
 from edge_agent.geometry import Geometry
 from edge_agent.hashing import sha256_file
 from trainer.models import REGISTRY
+from trainer.targets import TARGET_METHODS, ImageSet, TargetMethod
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.yaml"
@@ -55,6 +56,31 @@ class TrainingSet(BaseModel):
     holdout: list[str]  # never learned from: fair test images for `trainer eval`
 
 
+ThresholdMethod = Literal["quantile", "f1", TargetMethod]
+
+
+class TargetOutcome(BaseModel):
+    """What the bundle's threshold does on the images it was chosen on (`score >= threshold` rejects)."""
+
+    model_config = ConfigDict(extra="forbid")
+    defects_caught: int
+    defects: int  # labelled defective test images; 0 when the data set has none
+    goods_rejected: int
+    goods: int
+    goods_from: ImageSet  # the labelled good test images when there are any, else the validation goods
+
+
+class ThresholdTarget(BaseModel):
+    """How `trainer fit --threshold miss-rate|false-reject-rate` chose the threshold, and where it landed."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: TargetMethod
+    target_rate: float = Field(gt=0, lt=1)
+    chosen_on: ImageSet
+    chosen_on_count: int
+    operating_point: TargetOutcome
+
+
 class ModelManifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     format_version: int
@@ -68,11 +94,21 @@ class ModelManifest(BaseModel):
     fit_summary: dict[str, Any]
     validation_scores: ScoreStats
     threshold: float
-    threshold_method: str
+    threshold_method: ThresholdMethod
     threshold_quantile: float
+    threshold_target: ThresholdTarget | None = None  # absent in bundles from before targets, and for quantile/f1
     metrics: dict[str, float]
     created_at: str
     files: dict[str, str]
+
+    @model_validator(mode="after")
+    def _target_matches_method(self) -> ModelManifest:
+        wants_target = self.threshold_method in TARGET_METHODS
+        if wants_target != (self.threshold_target is not None):
+            raise ValueError("threshold_target belongs with threshold_method miss-rate or false-reject-rate only")
+        if self.threshold_target is not None and self.threshold_target.method != self.threshold_method:
+            raise ValueError("threshold_target.method differs from threshold_method")
+        return self
 
 
 def write_bundle(out: Path, model: nn.Module, manifest: dict[str, Any]) -> ModelManifest:

@@ -14,6 +14,7 @@ import numpy as np
 
 from trainer import metrics
 from trainer.data.dataset import GOOD
+from trainer.targets import TargetPoint
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class EvalResult:
     f1_max: metrics.F1Max | None = None
     pixel: PixelMetrics | None = None
     per_type: list[TypeMetrics] = field(default_factory=list)
+    targets: list[TargetPoint] = field(default_factory=list)  # thresholds meeting `trainer eval --target-*`
     skipped: list[Path] = field(default_factory=list)  # unreadable test images
     unmasked: list[Path] = field(default_factory=list)  # defects without a (readable) mask: no pixel metrics
     seen_in_training: int = 0  # good images left out because the bundle was fitted on them
@@ -138,6 +140,7 @@ def _result_json(result: EvalResult) -> dict[str, Any]:
             for name, selected in (("good", ~is_defect), ("defect", is_defect))
         },
         "per_type": {t.label: _type_json(t) for t in result.per_type},
+        "targets": [_target_json(t) for t in result.targets],
         "roc": _roc_json(result.roc),
         "notes": result.notes,
         "skipped": [str(p) for p in result.skipped],
@@ -159,6 +162,19 @@ def _roc_json(roc: metrics.RocCurve | None) -> dict[str, list[float]] | None:
     if roc is None:
         return None
     return {"fpr": roc.fpr.tolist(), "tpr": roc.tpr.tolist(), "thresholds": roc.thresholds.tolist()}
+
+
+def _target_json(chosen: TargetPoint) -> dict[str, Any]:
+    point = chosen.point
+    return {
+        "method": chosen.target.method,
+        "target_rate": chosen.target.rate,
+        "threshold": point.threshold,
+        "defects_caught": point.defects_caught,
+        "defects": point.defects,
+        "goods_rejected": point.goods_rejected,
+        "goods": point.goods,
+    }
 
 
 def _type_json(t: TypeMetrics) -> dict[str, Any]:

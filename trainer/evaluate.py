@@ -8,6 +8,7 @@ statistics and the false-reject rate at the bundle's threshold.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from trainer.data.layouts import MASK_NAMING, discover
 from trainer.eval_result import AtThreshold, EvalResult, GridTile, PixelMetrics, TypeMetrics
 from trainer.predict import listed, warn_mixed_sizes
 from trainer.scoring import Scored, predict_paths, score_samples
+from trainer.targets import EVAL_OPTIONS, MISS_RATE, Target, TargetPoint, choose, coarse_warning
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +39,9 @@ NEEDS_MASKS = "pixel AUROC and AUPRO need ground-truth masks of defective images
 MAX_NAMED = 5
 
 
-def evaluate(bundle: Path, data: Path, category: str | None = None) -> EvalResult:
-    """Score every labelled test image of `data` with the model bundle and compute all metrics."""
+def evaluate(bundle: Path, data: Path, category: str | None = None, targets: Sequence[Target] = ()) -> EvalResult:
+    """Score every labelled test image of `data` with the model bundle and compute all metrics, and for each
+    target the threshold that would meet it on these images (the bundle is left as it is)."""
     model, manifest = load_bundle(bundle)
     dataset = discover(data, category)
     root = data if category is None else data / category
@@ -70,6 +73,7 @@ def evaluate(bundle: Path, data: Path, category: str | None = None) -> EvalResul
         seen_in_training=seen,
     )
     _image_metrics(result)
+    result.targets = _target_points(result, targets)
     result.pixel = _pixel_metrics(scored, keep=np.ones(len(scored.pixel_index), dtype=bool))
     if result.pixel is None and result.is_defect.any():
         result.notes.append(NEEDS_MASKS)
@@ -167,6 +171,27 @@ def _image_metrics(result: EvalResult) -> None:
     result.image_auroc = metrics.image_auroc(result.scores, is_defect)
     result.roc = metrics.roc_curve(result.scores, is_defect)
     result.f1_max = metrics.f1_max(result.scores, is_defect)
+
+
+def _target_points(result: EvalResult, targets: Sequence[Target]) -> list[TargetPoint]:
+    """Per target, the threshold meeting it on these images. One the data cannot measure is left out with a
+    note, and one finer than a single image of its set gets a note saying so."""
+    is_defect = result.is_defect
+    goods, defects = result.scores[~is_defect], result.scores[is_defect]
+    points: list[TargetPoint] = []
+    for target in targets:
+        option = EVAL_OPTIONS[target.method]
+        miss = target.method == MISS_RATE
+        if not (defects if miss else goods).size:
+            needed = "defective" if miss else "good"
+            result.notes.append(f"{option} {target.rate:g} needs labelled {needed} test images; it is left out")
+            continue
+        chosen = choose(target, goods, defects)
+        warning = coarse_warning(chosen, option)
+        if warning is not None:
+            result.notes.append(warning)
+        points.append(chosen)
+    return points
 
 
 def _pixel_metrics(scored: Scored, keep: np.ndarray) -> PixelMetrics | None:

@@ -20,6 +20,7 @@ from edge_agent.geometry import Geometry, Prepared, prepare
 from trainer.bundle import ModelManifest, write_bundle
 from trainer.data.dataset import DataError, Dataset
 from trainer.data.layouts import discover
+from trainer.fit_target import NEEDS_DEFECTS, LabelledScores, target_threshold, threshold_target
 from trainer.metrics import f1_max, image_auroc, score_stats
 from trainer.models import REGISTRY
 from trainer.models.prediction import Prediction
@@ -31,6 +32,7 @@ from trainer.predict import (
     scoring_model,
     warn_mixed_sizes,
 )
+from trainer.targets import MISS_RATE, TARGET_METHODS, OptionError, Target
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,9 @@ MIN_VALIDATION_IMAGES = 2
 MIN_TRAIN_IMAGES = 1
 HOLDOUT_MIN, HOLDOUT_MAX = 0.05, 0.5  # the range `trainer fit --holdout` accepts
 HOLDOUT_STEP = 0.05  # granularity of the --holdout suggested when the good images are too few
+QUANTILE_THRESHOLD = "quantile"
 F1_THRESHOLD = "f1"
+THRESHOLD_METHODS = (QUANTILE_THRESHOLD, F1_THRESHOLD, *TARGET_METHODS)
 
 
 class RecipeError(Exception):
@@ -56,7 +60,10 @@ class FitOptions:
     category: str | None = None
     holdout: float = 0.2
     threshold_quantile: float = 0.99
-    threshold: str = "quantile"  # or "f1": the F1-optimal threshold on labelled test images
+    # "f1": the F1-optimal threshold on labelled test images; "miss-rate" / "false-reject-rate": the threshold
+    # letting at most `target_rate` of the defects escape / of the goods be rejected.
+    threshold: str = QUANTILE_THRESHOLD
+    target_rate: float | None = None
     seed: int = 0
     device: str = "cpu"  # where models that train (SimpleNet, FastFlow) train: cpu or cuda
 
@@ -198,24 +205,38 @@ def _warn_small_bank(summary: dict[str, Any], recipe: Any, images: int) -> None:
     )
 
 
-def _test_metrics(model: torch.nn.Module, data: Dataset, geometry: Geometry, threshold: float) -> dict[str, float]:
-    """Image-level figures on the labelled test images, when the data set has defects to measure against."""
-    if not any(s.is_defect for s in data.test):
-        return {}
+def _score_test_images(model: torch.nn.Module, data: Dataset, geometry: Geometry) -> LabelledScores:
+    if not data.test:
+        return LabelledScores(np.zeros(0, dtype=np.float32), np.zeros(0, dtype=bool))
     frames, kept, _ = read_frames(tqdm([s.path for s in data.test], desc="reading test images", unit="img"))
     label_of = {s.path: s.is_defect for s in data.test}
-    labels = np.array([label_of[p] for p in kept])
-    scores = predict_scores(scoring_model(model, geometry, len(frames)), frames, geometry)
-    metrics: dict[str, float] = {"test_reject_rate_defect": float((scores[labels] >= threshold).mean())}
+    is_defect = np.array([label_of[p] for p in kept], dtype=bool)
+    if not frames:
+        return LabelledScores(np.zeros(0, dtype=np.float32), is_defect)
+    return LabelledScores(predict_scores(scoring_model(model, geometry, len(frames)), frames, geometry), is_defect)
+
+
+def _test_metrics(test: LabelledScores, threshold: float) -> dict[str, float]:
+    """Image-level figures at the bundle's threshold, when the data set has defects to measure against."""
+    labels = test.is_defect
+    if not labels.any():
+        return {}
+    metrics: dict[str, float] = {"test_reject_rate_defect": float((test.defects >= threshold).mean())}
     if not labels.all():
-        best = f1_max(scores, labels)
+        best = f1_max(test.scores, labels)
         metrics |= {
-            "image_auroc": image_auroc(scores, labels),
-            "test_reject_rate_good": float((scores[~labels] >= threshold).mean()),
+            "image_auroc": image_auroc(test.scores, labels),
+            "test_reject_rate_good": float((test.goods >= threshold).mean()),
             "f1_max": best.f1,
             "f1_threshold": best.threshold,
         }
     return metrics
+
+
+def _f1_threshold(test: LabelledScores) -> float:
+    if not test.is_defect.any() or test.is_defect.all():
+        raise DataError("--threshold f1 needs labelled good and defective test images in the data set")
+    return f1_max(test.scores, test.is_defect).threshold
 
 
 def _frame_scores(validation: Prediction, prepared: list[Prepared], geometry: Geometry) -> np.ndarray:
@@ -224,10 +245,20 @@ def _frame_scores(validation: Prediction, prepared: list[Prepared], geometry: Ge
     return np.array([c.score for c in combine_frames(prepared, maps, scores, geometry)], dtype=np.float32)
 
 
+def _check_threshold_options(options: FitOptions) -> Target | None:
+    """--threshold is one fit knows, and --target-rate goes with it; checked before any image is read."""
+    if options.threshold not in THRESHOLD_METHODS:
+        raise OptionError(f"--threshold {options.threshold}: unknown; use one of {', '.join(THRESHOLD_METHODS)}")
+    return threshold_target(options.threshold, options.target_rate)
+
+
 def fit(options: FitOptions) -> ModelManifest:
+    target = _check_threshold_options(options)
     recipe = load_recipe(options.model, options.recipe)
     geometry = recipe.geometry
     data = discover(options.data, options.category)
+    if options.threshold == MISS_RATE and not any(sample.is_defect for sample in data.test):
+        raise DataError(NEEDS_DEFECTS)  # before the fit, which may take long
     started = time.perf_counter()
     frames, paths, skipped = read_frames(tqdm(data.train, desc="reading good images", unit="img"))
     read_s = time.perf_counter() - started
@@ -251,14 +282,17 @@ def fit(options: FitOptions) -> ModelManifest:
     val_scores = _frame_scores(result.validation, val_prepared, geometry)
     threshold = calibrate_threshold(val_scores, options.threshold_quantile)
     scoring = time.perf_counter()
-    metrics = _test_metrics(model, data, geometry, threshold)
+    test = _score_test_images(model, data, geometry)
     # Where the fit's wall time goes, beside the model's own stages: decoding and resizing the good images, and
     # reading and scoring the labelled test images for the metrics.
     stages = {"read_s": round(read_s, 2), "test_s": round(time.perf_counter() - scoring, 2)}
+    target_block = None
     if options.threshold == F1_THRESHOLD:
-        if "f1_threshold" not in metrics:
-            raise DataError("--threshold f1 needs labelled good and defective test images in the data set")
-        threshold = metrics["f1_threshold"]
+        threshold = _f1_threshold(test)
+    elif target is not None:
+        threshold, target_block, warning = target_threshold(target, test, val_scores)
+        if warning is not None:
+            log.warning(warning)
 
     validation = [str(paths[i].resolve()) for i in val_idx]
     manifest: dict[str, Any] = {
@@ -283,6 +317,7 @@ def fit(options: FitOptions) -> ModelManifest:
         "threshold": threshold,
         "threshold_method": options.threshold,
         "threshold_quantile": options.threshold_quantile,
-        "metrics": metrics,
+        "threshold_target": target_block,
+        "metrics": _test_metrics(test, threshold),
     }
     return write_bundle(options.out, model, manifest)

@@ -213,3 +213,69 @@ def score_stats(scores: np.ndarray) -> dict[str, float | int]:
         "p99": float(np.quantile(scores, 0.99)),
         "max": float(scores.max()),
     }
+
+
+# --- thresholds chosen by consequence -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """What one threshold does to a set of goods and a set of defects (`score >= threshold` rejects)."""
+
+    threshold: float
+    goods: int
+    goods_rejected: int
+    defects: int
+    defects_caught: int
+
+
+def operating_point(threshold: float, good_scores: np.ndarray, defect_scores: np.ndarray) -> OperatingPoint:
+    return OperatingPoint(
+        threshold=threshold,
+        goods=int(np.size(good_scores)),
+        goods_rejected=int(np.count_nonzero(np.asarray(good_scores) >= threshold)),
+        defects=int(np.size(defect_scores)),
+        defects_caught=int(np.count_nonzero(np.asarray(defect_scores) >= threshold)),
+    )
+
+
+def allowed_count(total: int, rate: float) -> int:
+    """The most of `total` images whose share is at most `rate`: the largest k with k / total <= rate.
+
+    Compared as the shares themselves rather than by flooring rate * total, whose rounding loses one image at
+    some rates (0.29 * 100 is 28.999...), while 29 / 100 and 0.29 are the same float."""
+    if total < 1:
+        raise ValueError("no images to take a share of")
+    return max(k for k in range(total + 1) if k / total <= rate)
+
+
+def _ascending(scores: np.ndarray) -> np.ndarray:
+    flat = np.ravel(np.asarray(scores))
+    # The scores' own float type: the next float above a float32 score must be a float32, or numpy, comparing
+    # float32 scores with a Python float in float32, rounds it back onto the score and rejects it after all.
+    ordered = np.sort(flat if np.issubdtype(flat.dtype, np.floating) else flat.astype(np.float64))
+    if ordered.size == 0:
+        raise ValueError("no scores")
+    if not np.isfinite(ordered).all():
+        raise ValueError("scores must be finite (NaN or inf found)")
+    return ordered
+
+
+def miss_rate_threshold(defect_scores: np.ndarray, rate: float) -> float:
+    """The highest threshold that lets at most `rate` of the defects escape (score below it).
+
+    Escapes only grow with the threshold, so it is the defect score with the allowed number of defects below it
+    in ascending order. Defects tied with it stay caught, since `score >= threshold` rejects them. A rate under
+    1 / count allows no escape at all: the lowest defect score."""
+    ascending = _ascending(defect_scores)
+    return float(ascending[allowed_count(ascending.size, rate)])
+
+
+def false_reject_threshold(good_scores: np.ndarray, rate: float) -> float:
+    """The lowest threshold that rejects at most `rate` of the goods (score at or above it).
+
+    Rejecting at most k goods needs a threshold above the (k+1)-th highest good score; the lowest such value is
+    the next float above it in the scores' precision, so the goods tied with that score all pass together. A rate
+    under 1 / count allows no reject at all: the next float above the highest good score."""
+    descending = _ascending(good_scores)[::-1]
+    return float(np.nextafter(descending[allowed_count(descending.size, rate)], np.inf))

@@ -1,4 +1,5 @@
-"""The eval report folder (metrics.json, roc.png, histogram.png, grid.png) and the printed summary table.
+"""The eval report folder (metrics.json, roc.png, tradeoff.png, histogram.png, grid.png) and the printed summary
+table.
 
 matplotlib is imported inside the plotting functions, with the Agg backend, so importing the trainer never needs
 a display or pays matplotlib's start-up time.
@@ -6,6 +7,7 @@ a display or pays matplotlib's start-up time.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,18 +17,26 @@ import cv2
 import numpy as np
 
 from edge_agent.archive import overlay
+from trainer.targets import MISS_RATE
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
     from trainer.eval_result import EvalResult, GridTile
+    from trainer.targets import TargetPoint
 
 METRICS_FILE = "metrics.json"
 ROC_FILE = "roc.png"
+TRADEOFF_FILE = "tradeoff.png"
 HISTOGRAM_FILE = "histogram.png"
 GRID_FILE = "grid.png"
 
 FIGURE_SIZE = (6.0, 4.5)  # inches
+# Room around 0-100% so points on the axes' ends stay visible.
+PERCENT_MARGIN = 2.0
+# Colours of the targets in the trade-off plot, reused in turn when there are more targets.
+TARGET_COLOURS = ("tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 FIGURE_DPI = 120
 HISTOGRAM_BINS = 30
 # Grid tiles are shrunk to this height so a 512 px model still gives a report image of a sensible size.
@@ -50,6 +60,7 @@ def write_report(result: EvalResult, folder: Path) -> list[Path]:
     written = [_write_json(result, folder / METRICS_FILE)]
     if result.roc is not None:
         written.append(plot_roc(result, folder / ROC_FILE))
+        written.append(plot_tradeoff(result, folder / TRADEOFF_FILE))
     written.append(plot_histogram(result, folder / HISTOGRAM_FILE))
     if result.grid_goods or result.grid_defects:
         written.append(draw_grid(result, folder / GRID_FILE))
@@ -94,6 +105,56 @@ def plot_roc(result: EvalResult, path: Path) -> Path:
     axes.set_title(f"{result.model}: image-level ROC")
     axes.legend(loc="lower right")
     return _save(figure, path)
+
+
+def plot_tradeoff(result: EvalResult, path: Path) -> Path:
+    """The two costs a line weighs, both in percent: defects let through against goods rejected, one point per
+    threshold (the ROC's), with the bundle's threshold and every target's point marked.
+
+    Both axes are errors, so lower-left is better, and a target reads straight off its axis: the dashed line at
+    the rate asked for, and the point the threshold meeting it lands on."""
+    assert result.roc is not None, "plot_tradeoff needs a result with good and defective images"
+    figure = _figure()
+    axes = figure.axes[0]
+    axes.plot(100 * result.roc.fpr, 100 * (1 - result.roc.tpr), ".-", color="tab:blue", label="each threshold")
+    at = result.at_threshold
+    if at.false_reject_rate is not None and at.escape_rate is not None:
+        # A hollow ring, drawn last, so a target landing on the same point does not hide it.
+        label = f"bundle threshold {at.threshold:.4g}"
+        axes.plot(
+            100 * at.false_reject_rate,
+            100 * at.escape_rate,
+            "o",
+            color="red",
+            label=label,
+            markersize=12,
+            markerfacecolor="none",
+            markeredgewidth=2,
+            zorder=3,
+        )
+    for chosen, colour in zip(result.targets, itertools.cycle(TARGET_COLOURS), strict=False):
+        _mark_target(axes, chosen, colour)
+    axes.set(
+        xlabel="goods rejected (false-reject rate, %)",
+        ylabel="defects let through (miss rate, %)",
+        xlim=(-PERCENT_MARGIN, 100 + PERCENT_MARGIN),
+        ylim=(-PERCENT_MARGIN, 100 + PERCENT_MARGIN),
+    )
+    axes.set_title(f"{result.model}: defects let through against goods rejected")
+    axes.legend(loc="upper right")
+    return _save(figure, path)
+
+
+def _mark_target(axes: Axes, chosen: TargetPoint, colour: str) -> None:
+    point, target = chosen.point, chosen.target
+    rate = 100 * target.rate
+    if target.method == MISS_RATE:
+        axes.axhline(rate, color=colour, linestyle="--", linewidth=1)
+    else:
+        axes.axvline(rate, color=colour, linestyle="--", linewidth=1)
+    x = 100 * point.goods_rejected / point.goods
+    y = 100 * (point.defects - point.defects_caught) / point.defects
+    axes.plot(x, y, "s", color=colour, markersize=7, label=f"{target.label}: threshold {point.threshold:.4g}")
 
 
 def plot_histogram(result: EvalResult, path: Path) -> Path:
@@ -155,6 +216,7 @@ def _tile(tile: GridTile, threshold: float) -> np.ndarray:
 # --- the printed summary ------------------------------------------------------------------------------------
 
 COLUMNS = ("set", "images", "image AUROC", "pixel AUROC", "AUPRO", "false rejects", "escapes")
+TARGET_COLUMNS = ("target", "threshold", "defects caught", "goods rejected")
 
 
 def summary_table(result: EvalResult) -> str:
@@ -189,8 +251,25 @@ def summary_table(result: EvalResult) -> str:
         lines.append(
             f"F1-max {f1.f1:.4f} at score {f1.threshold:.4g} (precision {f1.precision:.3f}, recall {f1.recall:.3f})"
         )
+    lines += _target_lines(result)
     lines += _extra_lines(result)
     return "\n".join(lines)
+
+
+def _target_lines(result: EvalResult) -> list[str]:
+    if not result.targets:
+        return []
+    rows = [
+        [
+            t.target.label,
+            f"{t.point.threshold:.4g}",
+            _count(t.point.defects_caught, t.point.defects),
+            _count(t.point.goods_rejected, t.point.goods),
+        ]
+        for t in result.targets
+    ]
+    header = f"thresholds that would meet the targets on these images (the bundle keeps {result.threshold:.4g}):"
+    return [header, *_aligned([list(TARGET_COLUMNS), *rows])]
 
 
 def _extra_lines(result: EvalResult) -> list[str]:

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from trainer.bundle import InputSpec, ModelManifest
-from trainer.data.dataset import Sample
+from trainer.data.dataset import DataError, Sample
 from trainer.predict import on_grid, predict, read_frames, scoring_model
 
 log = logging.getLogger(__name__)
@@ -77,8 +77,9 @@ def _batches(items: Sequence[Sample], size: int) -> Iterator[Sequence[Sample]]:
         yield items[start : start + size]
 
 
-def _read_mask(sample: Sample, spec: InputSpec) -> np.ndarray | None:
-    """The sample's mask on the input grid; all-zero for goods; None for a defect without a usable mask."""
+def _read_mask(sample: Sample, spec: InputSpec, shape: tuple[int, int]) -> np.ndarray | None:
+    """The sample's mask on the input grid; all-zero for goods; None for a defect without a usable mask. `shape` is
+    the image's (height, width) as stored, which the mask must match."""
     if not sample.is_defect:
         return np.zeros((spec.height, spec.width), dtype=bool)
     if sample.mask is None:
@@ -87,7 +88,18 @@ def _read_mask(sample: Sample, spec: InputSpec) -> np.ndarray | None:
     if raw is None:
         log.warning("mask %s is unreadable; %s takes no part in pixel metrics", sample.mask, sample.path)
         return None
+    _check_mask_size(sample, raw.shape[:2], shape)
     return mask_to_grid(raw, spec)
+
+
+def _check_mask_size(sample: Sample, mask: tuple[int, int], image: tuple[int, int]) -> None:
+    # A mask of another size was drawn for another picture (a crop, a rescale): stretching it onto the image would
+    # score pixels that are not the defect, so the pixel metrics would be wrong without anyone noticing.
+    if mask != image:
+        raise DataError(
+            f"mask {sample.mask} is {mask[1]}x{mask[0]} but its image {sample.path} is {image[1]}x{image[0]} "
+            f"(width x height); re-export the mask at the image's size, {image[1]}x{image[0]}"
+        )
 
 
 class _Collector:
@@ -107,7 +119,7 @@ class _Collector:
         self.shapes: list[tuple[int, int]] = []
 
     def add(self, sample: Sample, score: float, amap: np.ndarray, shape: tuple[int, int]) -> None:
-        mask = _read_mask(sample, self.spec)
+        mask = _read_mask(sample, self.spec, shape)
         if mask is None:
             self.unmasked.append(sample.path)
         else:

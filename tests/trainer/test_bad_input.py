@@ -29,6 +29,7 @@ from trainer.fit import (
     fit,
 )
 from trainer.report import write_report
+from trainer.targets import FALSE_REJECT_RATE, MISS_RATE, Target
 
 SIZE = 64  # model input and most images: small, so a fit takes seconds
 ODD_SIZE = (80, 96)  # height, width of the odd-sized images
@@ -281,6 +282,23 @@ def test_eval_without_any_masks_only_notes_it(fitted: Fitted, tmp_path: Path, ca
     assert result.pixel is None and len(result.unmasked) == 2
 
 
+def test_eval_stops_at_a_mask_of_another_size_than_its_image(fitted: Fitted, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    layout = LAYOUTS["mvtec"]
+    write_masked_set(data, layout, with_mask=[True, True])
+    mask = data / layout.mask.format(stem="s1")
+    assert cv2.imwrite(str(mask), cv2.resize(cv2.imread(str(mask)), (2 * SIZE, SIZE)))
+    report = tmp_path / "report"
+    result = run_trainer("eval", "--model", str(fitted.bundle), "--data", str(data), "--report", str(report))
+    line = error_line(result)
+    image = data / layout.defects / "s1.png"
+    assert line == (
+        f"error: mask {mask} is {2 * SIZE}x{SIZE} but its image {image} is {SIZE}x{SIZE} (width x height); "
+        f"re-export the mask at the image's size, {SIZE}x{SIZE}"
+    )
+    assert not report.exists()
+
+
 # --- 4. empty defect folders --------------------------------------------------------------------------------
 
 
@@ -323,3 +341,84 @@ def test_eval_with_nothing_but_empty_folders_is_one_line(fitted: Fitted, tmp_pat
         "test images (and good ones the model never learned from); add them"
     )
     assert not report.exists()
+
+
+# --- 5. thresholds set by a target rate ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (
+            ["--threshold", "miss-rate"],
+            "--threshold miss-rate needs --target-rate, the largest share of defects let through to accept "
+            "(0.01 is 1%)",
+        ),
+        (
+            ["--threshold", "false-reject-rate"],
+            "--threshold false-reject-rate needs --target-rate, the largest share of goods rejected to accept "
+            "(0.01 is 1%)",
+        ),
+        (
+            ["--threshold", "false-reject-rate", "--target-rate", "1"],
+            "--target-rate 1: must be a share above 0 and below 1 (0.01 is 1%)",
+        ),
+        (
+            ["--threshold", "miss-rate", "--target-rate", "0"],
+            "--target-rate 0: must be a share above 0 and below 1 (0.01 is 1%)",
+        ),
+        (
+            ["--threshold", "f1", "--target-rate", "0.01"],
+            "--target-rate goes with --threshold miss-rate or false-reject-rate, not --threshold f1",
+        ),
+        (
+            ["--target-rate", "0.01"],
+            "--target-rate goes with --threshold miss-rate or false-reject-rate, not --threshold quantile",
+        ),
+    ],
+)
+def test_fit_target_rate_options_that_do_not_go_together(tmp_path: Path, options: list[str], expected: str) -> None:
+    data = tmp_path / "data"
+    for i in range(FIT_GOODS):
+        write_good(data / "good" / f"{i}.png", seed=i)
+    result = run_trainer("fit", "--data", str(data), "--out", str(tmp_path / "m"), *options)
+    assert error_line(result) == "error: " + expected
+    assert not (tmp_path / "m").exists()
+
+
+def test_fit_to_a_miss_rate_without_defects_says_what_to_add(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for i in range(FIT_GOODS):
+        write_good(data / "train" / "good" / f"{i}.png", seed=i)
+        write_good(data / "test" / "good" / f"{i}.png", seed=100 + i)
+    options = ["--threshold", "miss-rate", "--target-rate", "0.01"]
+    result = run_trainer("fit", "--data", str(data), "--out", str(tmp_path / "m"), *options)
+    assert error_line(result) == (
+        "error: --threshold miss-rate needs labelled defective test images in the data set: add them under "
+        "test/<defect type>/ (MVTec AD layout) or in defect folders beside good/"
+    )
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "rate"),
+    [("--target-miss-rate", "1.5"), ("--target-false-reject-rate", "0"), ("--target-miss-rate", "-0.1")],
+)
+def test_eval_target_rate_out_of_range_is_one_line_before_anything_is_read(
+    tmp_path: Path, option: str, rate: str
+) -> None:
+    # Neither the bundle nor the data exist: the option is checked first, so its error is the one shown.
+    paths = ["--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--report", str(tmp_path / "r")]
+    result = run_trainer("eval", *paths, f"{option}={rate}")
+    assert error_line(result) == f"error: {option} {float(rate):g}: must be a share above 0 and below 1 (0.01 is 1%)"
+    assert not (tmp_path / "r").exists()
+
+
+def test_eval_target_the_data_cannot_measure_is_a_note(fitted: Fitted, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for i in range(TEST_GOODS):
+        write_good(data / "good" / f"g{i}.png", seed=600 + i)
+    result = evaluate(fitted.bundle, data, targets=[Target(MISS_RATE, 0.1), Target(FALSE_REJECT_RATE, 0.5)])
+    assert "--target-miss-rate 0.1 needs labelled defective test images; it is left out" in result.notes
+    assert [t.target.method for t in result.targets] == [FALSE_REJECT_RATE]
+    assert result.targets[0].point.goods == TEST_GOODS and result.targets[0].point.goods_rejected <= TEST_GOODS // 2

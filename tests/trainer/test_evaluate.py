@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from in_process import run_main
 from pipeline import Pipeline
@@ -15,9 +16,12 @@ from trainer.bundle import read_manifest
 from trainer.data.dataset import DataError
 from trainer.data.layouts import discover
 from trainer.evaluate import _test_samples, evaluate
+from trainer.metrics import false_reject_threshold, miss_rate_threshold
 from trainer.report import summary_table, write_report
 
 DEFECT_TYPES = ("crack", "scratch", "spot")
+# 9 defects and 6 goods: 0.2 allows 1 escape, or 1 good rejected.
+TARGET_RATE = 0.2
 
 
 def run_trainer(*args: str) -> subprocess.CompletedProcess[str]:
@@ -27,7 +31,9 @@ def run_trainer(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def cli_eval(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     report = tmp_path_factory.mktemp("eval") / "report"
-    result = run_trainer("eval", "--model", str(pipeline.model), "--data", str(pipeline.data), "--report", str(report))
+    paths = ["--model", str(pipeline.model), "--data", str(pipeline.data), "--report", str(report)]
+    targets = ["--target-miss-rate", str(TARGET_RATE), "--target-false-reject-rate", str(TARGET_RATE)]
+    result = run_trainer("eval", *paths, *targets)
     assert result.returncode == 0, result.stderr
     return result.stdout, report
 
@@ -40,7 +46,7 @@ def copy_images(source: Path, target: Path) -> None:
 
 def test_cli_eval_writes_the_report_folder(cli_eval: tuple[str, Path]) -> None:
     _, report = cli_eval
-    for name in ("metrics.json", "roc.png", "histogram.png", "grid.png"):
+    for name in ("metrics.json", "roc.png", "tradeoff.png", "histogram.png", "grid.png"):
         assert (report / name).is_file(), name
     grid = cv2.imread(str(report / "grid.png"))
     assert grid is not None and grid.shape[1] > grid.shape[0]  # two rows of up to eight tiles
@@ -57,6 +63,45 @@ def test_metrics_json_has_image_pixel_threshold_and_per_type_metrics(cli_eval: t
     assert all(t["count"] == 3 and t["aupro"] is not None for t in metrics["per_type"].values())
     assert metrics["roc"]["thresholds"][0] is None  # +inf, written as null
     assert len(metrics["images"]) == 15
+
+
+def test_metrics_json_lists_the_threshold_meeting_each_target(cli_eval: tuple[str, Path]) -> None:
+    metrics = json.loads((cli_eval[1] / "metrics.json").read_text())
+    scores = np.array([image["score"] for image in metrics["images"]], dtype=np.float32)
+    is_defect = np.array([image["label"] != "good" for image in metrics["images"]])
+    goods, defects = scores[~is_defect], scores[is_defect]
+    thresholds = {
+        "miss-rate": miss_rate_threshold(defects, TARGET_RATE),
+        "false-reject-rate": false_reject_threshold(goods, TARGET_RATE),
+    }
+    assert [t["method"] for t in metrics["targets"]] == list(thresholds)
+    for listed in metrics["targets"]:
+        threshold = thresholds[listed["method"]]
+        assert listed == {
+            "method": listed["method"],
+            "target_rate": TARGET_RATE,
+            "threshold": threshold,
+            "defects_caught": int((defects >= threshold).sum()),
+            "defects": 9,
+            "goods_rejected": int((goods >= threshold).sum()),
+            "goods": 6,
+        }
+    miss, reject = metrics["targets"]
+    assert miss["defects"] - miss["defects_caught"] <= 1 and reject["goods_rejected"] <= 1
+    # The bundle's threshold is reported as before: the targets do not change it.
+    assert metrics["at_threshold"]["threshold"] == read_manifest(Path(metrics["bundle"])).threshold
+
+
+def test_cli_eval_prints_each_target_under_the_table(cli_eval: tuple[str, Path]) -> None:
+    stdout, report = cli_eval
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("thresholds that would meet the targets"))
+    header, miss, reject = lines[start + 1 : start + 4]
+    assert header.split() == ["target", "threshold", "defects", "caught", "goods", "rejected"]
+    assert miss.startswith("miss-rate ≤ 20%") and reject.startswith("false-reject-rate ≤ 20%")
+    assert len({len(header), len(miss), len(reject)}) == 1
+    targets = json.loads((report / "metrics.json").read_text())["targets"]
+    assert f"{targets[0]['defects_caught']}/9" in miss and f"{targets[1]['goods_rejected']}/6" in reject
 
 
 def test_cli_eval_prints_an_aligned_summary(cli_eval: tuple[str, Path]) -> None:
@@ -78,6 +123,7 @@ def test_goods_only_data_reports_false_rejects_not_auroc(pipeline: Pipeline, tmp
     assert written == {"metrics.json", "histogram.png", "grid.png"}
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert metrics["image_auroc"] is None and metrics["score_stats"]["good"]["count"] == 6
+    assert metrics["targets"] == []
     assert "note: image AUROC needs" in summary_table(result)
 
 

@@ -10,9 +10,13 @@ from sklearn.metrics import roc_curve as sk_roc_curve
 
 from trainer.metrics import (
     AUPRO_FPR_LIMIT,
+    allowed_count,
     aupro,
     f1_max,
+    false_reject_threshold,
     image_auroc,
+    miss_rate_threshold,
+    operating_point,
     pixel_auroc,
     pixel_auroc_and_aupro,
     region_weights,
@@ -20,6 +24,7 @@ from trainer.metrics import (
     score_stats,
     trapezoid_to,
 )
+from trainer.targets import FALSE_REJECT_RATE, MISS_RATE, Target, choose, coarse_warning
 
 SEEDS = range(5)
 
@@ -300,3 +305,134 @@ def test_aupro_of_a_one_row_map_worked_by_hand() -> None:
     assert aupro(maps, masks) == pytest.approx(expected, abs=1e-6)
     assert slow_aupro(maps, masks) == pytest.approx(expected, abs=1e-6)
     assert pixel_auroc_and_aupro(maps, masks)[1] == pytest.approx(expected, abs=1e-6)
+
+
+# --- thresholds chosen by consequence -----------------------------------------------------------------------
+
+# Five defect scores with a three-way tie at 0.3, and four good scores with a two-way tie at 0.5.
+TIED_DEFECTS = np.array([0.9, 0.3, 0.1, 0.3, 0.3])
+TIED_GOODS = np.array([0.5, 0.1, 0.8, 0.5])
+
+
+def escapes(defects: np.ndarray, threshold: float) -> int:
+    return int((defects < threshold).sum())
+
+
+def rejects(goods: np.ndarray, threshold: float) -> int:
+    return int((goods >= threshold).sum())
+
+
+def test_allowed_count_compares_shares_not_a_rounded_product() -> None:
+    # 0.29 * 100 is 28.999999999999996 in floats; 29 / 100 is the float 0.29 itself.
+    assert allowed_count(100, 0.29) == 29
+    assert allowed_count(100, 0.07) == 7
+    assert allowed_count(3, 0.5) == 1
+    assert allowed_count(4, 0.5) == 2
+    assert allowed_count(10, 0.05) == 0
+    with pytest.raises(ValueError, match="no images"):
+        allowed_count(0, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("rate", "expected"),
+    [
+        # Ascending: 0.1, 0.3, 0.3, 0.3, 0.9. The allowed escapes k pick the (k+1)-th lowest score.
+        (0.1, 0.1),  # k = 0: every defect caught
+        (0.2, 0.3),  # k = 1: only 0.1 escapes; the three tied at 0.3 are caught (score >= threshold)
+        (0.4, 0.3),  # k = 2: still 0.3, since any higher threshold lets all three tied 0.3s escape (4 in all)
+        (0.6, 0.3),  # k = 3: a threshold above 0.3 lets 4 escape, so 0.3 again
+        (0.8, 0.9),  # k = 4: up to the highest defect
+    ],
+)
+def test_miss_rate_threshold_with_ties(rate: float, expected: float) -> None:
+    threshold = miss_rate_threshold(TIED_DEFECTS, rate)
+    assert threshold == expected
+    assert escapes(TIED_DEFECTS, threshold) <= allowed_count(5, rate)
+    # The highest: the next float up already lets too many escape.
+    assert escapes(TIED_DEFECTS, np.nextafter(threshold, np.inf)) > allowed_count(5, rate)
+
+
+@pytest.mark.parametrize(
+    ("rate", "above", "rejected"),
+    [
+        # Descending: 0.8, 0.5, 0.5, 0.1. Rejecting at most k goods needs a threshold above the (k+1)-th highest.
+        (0.1, 0.8, 0),  # k = 0: above the highest good
+        (0.25, 0.5, 1),  # k = 1: just above the tied 0.5s, rejecting only 0.8
+        (0.5, 0.5, 1),  # k = 2: the tie forbids rejecting exactly 2, so still just above 0.5
+        (0.75, 0.1, 3),  # k = 3: just above 0.1
+    ],
+)
+def test_false_reject_threshold_with_ties(rate: float, above: float, rejected: int) -> None:
+    threshold = false_reject_threshold(TIED_GOODS, rate)
+    assert threshold == np.nextafter(above, np.inf)
+    assert rejects(TIED_GOODS, threshold) == rejected
+    # The lowest: the float below it (the score itself) rejects too many.
+    assert rejects(TIED_GOODS, np.nextafter(threshold, -np.inf)) > allowed_count(4, rate)
+
+
+def test_thresholds_of_all_equal_scores() -> None:
+    equal = np.full(6, 2.5, dtype=np.float32)
+    for rate in (0.01, 0.5, 0.99):
+        assert miss_rate_threshold(equal, rate) == 2.5  # all caught; any higher and all six escape
+        # None rejected; 2.5 rejects all. The next float32 up, since the scores are float32.
+        assert false_reject_threshold(equal, rate) == np.nextafter(np.float32(2.5), np.float32(np.inf))
+
+
+def test_thresholds_of_float32_scores_are_exact() -> None:
+    # float32 scores, as models give them: the threshold just above one must not swallow the next float32 up.
+    score = np.float32(1.1)
+    goods = np.array([score, np.nextafter(score, np.float32(np.inf))], dtype=np.float32)
+    threshold = false_reject_threshold(goods, 0.5)
+    assert rejects(goods, threshold) == 1 and rejects(goods.astype(np.float64), threshold) == 1
+
+
+def test_thresholds_do_not_need_sorted_input() -> None:
+    rng = np.random.default_rng(0)
+    shuffled_defects, shuffled_goods = rng.permutation(TIED_DEFECTS), rng.permutation(TIED_GOODS)
+    assert miss_rate_threshold(shuffled_defects, 0.4) == miss_rate_threshold(np.sort(TIED_DEFECTS), 0.4)
+    assert false_reject_threshold(shuffled_goods, 0.5) == false_reject_threshold(np.sort(TIED_GOODS), 0.5)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_target_thresholds_are_the_extremes_that_meet_the_rate(seed: int) -> None:
+    # Rounded scores tie often. Every observed score and the floats either side of it are candidate thresholds;
+    # the chosen one must meet the rate, and no candidate beyond it (higher for misses, lower for rejects) may.
+    scores, labels = scores_and_labels(seed, n=80)
+    goods, defects = scores[~labels].astype(np.float64), scores[labels].astype(np.float64)
+    values = np.unique(scores.astype(np.float64))
+    candidates = np.concatenate([values, np.nextafter(values, np.inf), np.nextafter(values, -np.inf)])
+    for rate in (0.01, 0.05, 0.1, 0.33, 0.5):
+        miss = miss_rate_threshold(defects, rate)
+        meets = [t for t in candidates if escapes(defects, t) <= allowed_count(defects.size, rate)]
+        assert miss == max(meets)
+        reject = false_reject_threshold(goods, rate)
+        meets = [t for t in candidates if rejects(goods, t) <= allowed_count(goods.size, rate)]
+        assert reject == min(meets)
+
+
+def test_a_rate_finer_than_one_image_takes_the_strictest_point_and_says_so() -> None:
+    goods, defects = np.array([0.2, 0.4, 0.6]), np.array([0.5, 0.7, 0.9, 0.95])
+    missed = choose(Target(MISS_RATE, 0.001), goods, defects)
+    assert missed.point.threshold == 0.5 and missed.point.defects_caught == 4 and missed.coarse
+    assert coarse_warning(missed, "--target-rate") == (
+        "--target-rate 0.001 is finer than 4 defects can show (one image is 25%): the threshold catches every "
+        "defect here, the strictest point; showing a rate of 0.1% needs at least 1000 defects"
+    )
+    rejected = choose(Target(FALSE_REJECT_RATE, 0.001), goods, defects)
+    assert rejected.point.threshold == np.nextafter(0.6, np.inf) and rejected.point.goods_rejected == 0
+    assert "rejects no good here" in (coarse_warning(rejected, "--target-rate") or "")
+    fine = choose(Target(MISS_RATE, 0.25), goods, defects)
+    assert not fine.coarse and coarse_warning(fine, "--target-rate") is None
+    assert (fine.point.threshold, fine.point.defects_caught) == (0.7, 3)
+
+
+def test_operating_point_counts_with_score_at_threshold_rejected() -> None:
+    point = operating_point(0.5, np.array([0.1, 0.5, 0.6]), np.array([0.4, 0.5, 0.9]))
+    assert (point.goods, point.goods_rejected, point.defects, point.defects_caught) == (3, 2, 3, 2)
+
+
+def test_target_thresholds_refuse_empty_and_non_finite_scores() -> None:
+    with pytest.raises(ValueError, match="no scores"):
+        miss_rate_threshold(np.array([]), 0.1)
+    with pytest.raises(ValueError, match="finite"):
+        false_reject_threshold(np.array([0.1, np.nan]), 0.1)

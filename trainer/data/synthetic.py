@@ -99,7 +99,7 @@ def defective(rng: np.random.Generator, size: int, kind: str) -> tuple[np.ndarra
     return image, mask
 
 
-def _write(path: Path, image: np.ndarray) -> None:
+def write_image(path: Path, image: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
     if not cv2.imwrite(str(path), bgr):
@@ -110,12 +110,12 @@ def generate(root: Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
     """Write an MVTec-layout category to `root` and return it. Same spec, same bytes."""
     rng = np.random.default_rng(spec.seed)
     for i in range(spec.train_good):
-        _write(root / "train" / "good" / f"{i:03d}.png", _part(rng, spec.size)[0])
+        write_image(root / "train" / "good" / f"{i:03d}.png", _part(rng, spec.size)[0])
     for i in range(spec.test_good):
-        _write(root / "test" / "good" / f"{i:03d}.png", _part(rng, spec.size)[0])
+        write_image(root / "test" / "good" / f"{i:03d}.png", _part(rng, spec.size)[0])
     for kind in DEFECT_TYPES:
         for i in range(spec.test_defects_per_type):
             image, mask = defective(rng, spec.size, kind)
-            _write(root / "test" / kind / f"{i:03d}.png", image)
-            _write(root / "ground_truth" / kind / f"{i:03d}_mask.png", mask)
+            write_image(root / "test" / kind / f"{i:03d}.png", image)
+            write_image(root / "ground_truth" / kind / f"{i:03d}_mask.png", mask)
     return root
