@@ -69,10 +69,11 @@ def features_on(
     return torch.cat(parts)
 
 
-def openvino_compiled(module: nn.Module, example: np.ndarray, what: str) -> Any | None:
-    """`module` (uint8 N x H x W x 3 in, any batch size) traced and compiled by OpenVINO for the CPU at f32; None
-    where OpenVINO is not installed or cannot compile it, so the caller falls back to torch. `what` names the
-    work in the warning."""
+def openvino_compiled(module: nn.Module, example: np.ndarray, what: str, batch: int | None = None) -> Any | None:
+    """`module` (uint8 N x H x W x 3 in; N = `batch`, or any batch size when None) traced and compiled by OpenVINO
+    for the CPU at f32; None where OpenVINO is not installed or cannot compile it, so the caller falls back to
+    torch. `what` names the work in the warning. A fixed batch runs faster: FastFlow 8.6 against 10.3 ms an image
+    at batch 1 (AMD EPYC, avx512_vnni, 12 interleaved rounds)."""
     try:
         import openvino as ov
 
@@ -88,7 +89,7 @@ def openvino_compiled(module: nn.Module, example: np.ndarray, what: str) -> Any 
             # Models read fitted buffers as Python constants on purpose (converters/openvino.py says why).
             warnings.simplefilter("ignore", TracerWarning)
             model = ov.convert_model(
-                module, example_input=torch.from_numpy(example), input=[((-1, *example.shape[1:]), ov.Type.u8)]
+                module, example_input=torch.from_numpy(example), input=[((batch or -1, *example.shape[1:]), ov.Type.u8)]
             )
         # No on-the-fly activation quantization either (edge_agent/runtimes/openvino.py says why).
         return ov.Core().compile_model(model, "CPU", OPENVINO_CONFIG | NO_DYNAMIC_QUANTIZATION)

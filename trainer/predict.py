@@ -57,7 +57,8 @@ def scoring_model(model: nn.Module, geometry: Geometry, count: int) -> nn.Module
     if count < MIN_IMAGES_FOR_OPENVINO:
         return model
     example = np.zeros((1, geometry.height, geometry.width, 3), np.uint8)
-    compiled = openvino_compiled(TupleOutputs(model).eval(), example, f"scoring with {type(model).__name__}")
+    what = f"scoring with {type(model).__name__}"
+    compiled = openvino_compiled(TupleOutputs(model).eval(), example, what, batch=1)  # CompiledModel sends one
     return model if compiled is None else CompiledModel(compiled)
 
 
