@@ -215,19 +215,33 @@ def main() -> None:
 
 
 def over_seeds(results: dict[tuple[str, str, int], Result], models: list[str], datasets: list[str]) -> str:
-    """Each model's mean image AUROC % over the seeds (splits), its lowest and highest, and the bar."""
-    lines = ["", "| model | data set | splits | mean AUROC % | lowest | highest | bar % | mean vs bar |"]
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    """Each model's mean image AUROC % over the seeds (splits), its lowest and highest, the bar, and the mean
+    pixel AUROC and AUPRO where the data set has masks."""
+    lines = [
+        "",
+        "| model | data set | splits | mean AUROC % | lowest | highest | bar % | mean vs bar | mean P-AUROC % | "
+        "mean AUPRO % |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for model in models:
         for name in datasets:
-            values = [r.auroc_percent for (m, n, _), r in results.items() if (m, n) == (model, name)]
+            runs = [r for (m, n, _), r in results.items() if (m, n) == (model, name)]
+            values = [r.auroc_percent for r in runs]
             mean = float(np.mean(values))
             bar = BAR.get(name)
             versus = f"{bar:.1f} | {round(mean, 2) - bar:+.2f}" if bar is not None else "- | -"
+            pixel = _mean_of([r.pixel_auroc_percent for r in runs])
+            aupro = _mean_of([r.aupro_percent for r in runs])
             lines.append(
-                f"| {model} | {name} | {len(values)} | {mean:.2f} | {min(values):.1f} | {max(values):.1f} | {versus} |"
+                f"| {model} | {name} | {len(values)} | {mean:.2f} | {min(values):.1f} | {max(values):.1f} | {versus} "
+                f"| {pixel} | {aupro} |"
             )
     return "\n".join(lines)
+
+
+def _mean_of(values: list[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    return f"{np.mean(known):.2f}" if known else "-"
 
 
 def side_by_side(results: dict[tuple[str, str], Result], models: list[str], datasets: list[str]) -> str:

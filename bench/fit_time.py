@@ -4,6 +4,10 @@ or on any data set `trainer fit --data` takes (a folder, or ELPV as elpv:<type>:
     .venv/bin/python bench/fit_time.py --images 200 --images 700 --repeats 3
     .venv/bin/python bench/fit_time.py --data elpv:poly:0 --data elpv:mono:0 --repeats 1
     .venv/bin/python bench/fit_time.py --data elpv:poly:0 --model simplenet --repeats 1
+    .venv/bin/python bench/fit_time.py --data elpv:poly:0 --model fastflow --variant p5=patience5.yaml --repeats 1
+
+`--variant LABEL=RECIPE.yaml` also fits with that recipe, taking turns with the default on each data set and
+repeat, so a slow stretch of the machine hits both alike.
 
 Each run is a separate `trainer fit` process, so the wall time includes start-up and the numba cache load,
 as a user sees it. The stage columns are fit's own summary: reading (decode and resize of the good images),
@@ -29,10 +33,15 @@ from trainer.data.synthetic import SyntheticSpec, generate
 STAGES = ("read_s", "features_s", "coreset_s", "validation_s", "test_s")
 
 
-def one_fit(data: str, model: str, out: Path) -> tuple[float, dict[str, float], float]:
+DEFAULT = "default"
+Run = tuple[float, dict[str, float], float]
+
+
+def one_fit(data: str, model: str, recipe: Path | None, out: Path) -> Run:
     start = time.perf_counter()
+    recipe_args = [] if recipe is None else ["--config", str(recipe)]
     child = subprocess.Popen(
-        [sys.executable, "-m", "trainer.cli", "fit", "--data", data, "--model", model, "--out", str(out)],
+        [sys.executable, "-m", "trainer.cli", "fit", "--data", data, "--model", model, "--out", str(out), *recipe_args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -46,7 +55,14 @@ def one_fit(data: str, model: str, out: Path) -> tuple[float, dict[str, float], 
     return wall, {**manifest["fit_summary"], "learned": manifest["training_set"]["count"]}, peak_kb / 1024
 
 
-def _stage(runs: list[tuple[float, dict[str, float], float]], key: str) -> str:
+def _variant(text: str) -> tuple[str, Path]:
+    label, sep, path = text.partition("=")
+    if not sep or not label or not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"{text!r}: give LABEL=RECIPE.yaml with an existing recipe file")
+    return label, Path(path)
+
+
+def _stage(runs: list[Run], key: str) -> str:
     values = [r[1][key] for r in runs if key in r[1]]
     return f"{statistics.median(values):.1f}" if values else "-"
 
@@ -57,24 +73,32 @@ def main() -> None:
     parser.add_argument("--data", action="append", help="a data set as `trainer fit --data` takes it (repeatable)")
     parser.add_argument("--model", default="patchcore")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--variant", type=_variant, action="append", default=[], help="LABEL=RECIPE.yaml")
     args = parser.parse_args()
+    variants: list[tuple[str, Path | None]] = [(DEFAULT, None), *args.variant]
     columns = " | ".join(s.removesuffix("_s") + " s" for s in STAGES)
-    print(f"| data | model | bank learns from | wall s (median) | {columns} | memory bank | peak RSS MB |")
-    print(f"|---|---|---:|---:|{'---:|' * len(STAGES)}---:|---:|")
+    print(f"| data | model | bank learns from | wall s (median) | {columns} | epochs | memory bank | peak RSS MB |")
+    print(f"|---|---|---:|---:|{'---:|' * len(STAGES)}---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         sets = [(d, d) for d in args.data or []]
         for n in args.images or ([] if args.data else [200]):
             spec = SyntheticSpec(train_good=n, test_good=0, test_defects_per_type=0)
             sets.append((f"synthetic {n}", str(generate(Path(tmp) / f"data{n}", spec))))
         for i, (label, data) in enumerate(sets):
-            runs = [one_fit(data, args.model, Path(tmp) / f"model{i}_{r}") for r in range(args.repeats)]
-            walls = [r[0] for r in runs]
-            summary = runs[walls.index(statistics.median(walls))][1]
-            stages = " | ".join(_stage(runs, key) for key in STAGES)
-            print(
-                f"| {label} | {args.model} | {summary['learned']:.0f} | {statistics.median(walls):.1f} | {stages} | "
-                f"{summary.get('memory_bank', '-')} | {max(r[2] for r in runs):.0f} |"
-            )
+            runs: dict[str, list[Run]] = {name: [] for name, _ in variants}
+            for r in range(args.repeats):
+                for name, recipe in variants:
+                    runs[name].append(one_fit(data, args.model, recipe, Path(tmp) / f"model{i}_{name}_{r}"))
+            for name, done in runs.items():
+                walls = [run[0] for run in done]
+                summary = done[walls.index(statistics.median(walls))][1]
+                stages = " | ".join(_stage(done, key) for key in STAGES)
+                model = args.model if name == DEFAULT else f"{args.model} ({name})"
+                print(
+                    f"| {label} | {model} | {summary['learned']:.0f} | {statistics.median(walls):.1f} | {stages} | "
+                    f"{_stage(done, 'epochs_run')} | {summary.get('memory_bank', '-')} | "
+                    f"{max(run[2] for run in done):.0f} |"
+                )
 
 
 if __name__ == "__main__":

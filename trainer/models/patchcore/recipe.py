@@ -50,7 +50,10 @@ class PatchCoreRecipe(BaseModel):
     # whole bank costs less than the shortlist's TopKs (README, Measured).
     shortlist_dim: int = Field(default=0, ge=0)
     shortlist_size: int = Field(default=8, ge=1)
-    blur_sigma: float = Field(default=4.0, ge=0)
+    # Gaussian smoothing of the map, in input pixels. 8 against the paper's 4, five splits each (README): pixel
+    # AUROC and AUPRO up on every split of the masked ELPV-texture sets (+0.4 to +0.8, +1.3 to +1.6 on average),
+    # ELPV image AUROC level on mono and +0.27 on poly; the drawn-disc set loses 0.1 pixel AUROC and 0.4 AUPRO.
+    blur_sigma: float = Field(default=8.0, ge=0)
     batch_size: int = Field(default=16, ge=1)
     seed: int = 0
 
