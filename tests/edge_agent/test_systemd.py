@@ -95,14 +95,59 @@ UNIT = Path(__file__).parents[2] / "systemd" / "edge-agent.service"
 INSTALLED_AGENT = "/opt/edge-agent/venv/bin/edge-agent"
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd is not installed here")
-def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
-    """`systemd-analyze verify` checks every directive; only the agent's install path is swapped for one
-    that exists here, since verify also checks that ExecStart's program is executable."""
-    unit = tmp_path / UNIT.name
+NEEDS_SYSTEMD = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd is not installed here")
+DROP_INS = UNIT.parent / "drop-ins"
+# Issue 21's goal for `systemd-analyze security`: 0 is fully sandboxed, 10 fully exposed.
+MAX_EXPOSURE = 3.0
+
+
+def _unit_here(folder: Path) -> Path:
+    """The unit with the agent's install path swapped for one that exists here: verify checks that ExecStart's
+    program is executable."""
+    unit = folder / UNIT.name
     unit.write_text(UNIT.read_text().replace(INSTALLED_AGENT, sys.executable))
-    result = subprocess.run(
+    return unit
+
+
+def _verify(unit: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60
     )
+
+
+@NEEDS_SYSTEMD
+def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
+    """`systemd-analyze verify` checks every directive."""
+    result = _verify(_unit_here(tmp_path))
     assert result.returncode == 0, result.stderr
     assert UNIT.name not in result.stderr, result.stderr  # warnings about the unit itself
+
+
+@NEEDS_SYSTEMD
+def test_systemd_accepts_the_device_drop_ins(tmp_path: Path) -> None:
+    """The iGPU and NVIDIA drop-ins, installed beside the unit as systemd reads them; an unknown key would only
+    be warned about, naming the file."""
+    unit = _unit_here(tmp_path)
+    drop_in_dir = tmp_path / f"{UNIT.name}.d"
+    drop_in_dir.mkdir()
+    drop_ins = sorted(DROP_INS.glob("*.conf"))
+    assert [p.name for p in drop_ins] == ["igpu.conf", "nvidia.conf"]
+    for drop_in in drop_ins:
+        shutil.copy(drop_in, drop_in_dir)
+    result = _verify(unit)
+    assert result.returncode == 0, result.stderr
+    assert not any(p.name in result.stderr for p in drop_ins), result.stderr
+
+
+@NEEDS_SYSTEMD
+def test_the_unit_is_sandboxed_to_the_exposure_goal(tmp_path: Path) -> None:
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(_unit_here(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    overall = next(line for line in result.stdout.splitlines() if "Overall exposure level" in line)
+    exposure = float(overall.split(":")[1].split()[0])
+    assert exposure <= MAX_EXPOSURE, overall
