@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import openvino as ov
-import yaml
 from torch import nn
 from tqdm import tqdm
 
@@ -30,9 +29,9 @@ from converters.tensorrt import (
     build_engine,
     tensorrt_available,
 )
-from edge_agent.bundle import EDGE_FORMAT_VERSION, MANIFEST, EdgeManifest, Int8Cpu, Parity
+from edge_agent.bundle import EDGE_FORMAT_VERSION, MANIFEST, EdgeManifest, Int8Cpu, Parity, write_manifest
 from edge_agent.geometry import Combined, Geometry
-from edge_agent.hashing import sha256_file
+from edge_agent.hashing import read_key, sha256_file
 from edge_agent.imageio import list_images
 from edge_agent.runtimes.base import Runtime, infer_frame
 from edge_agent.runtimes.onnxruntime import MODEL_ONNX, OnnxRuntime
@@ -72,6 +71,7 @@ class BakeOptions:
     # tensorrt without TensorRT here: write the ONNX anyway, for the agent's TensorRT provider to build on the target
     engine_on_target: bool = False
     int8_cpu: Int8Cpu = "any"  # the CPU class an int8 bake runs on (edge_agent.bundle.Int8Cpu)
+    sign_key: Path | None = None  # an HMAC key file: the manifest is signed, for agents with model.hmac_key_file
 
 
 @dataclass(frozen=True)
@@ -224,6 +224,7 @@ def bake(options: BakeOptions, open_runtime: RuntimeOpener = agent_runtime) -> E
     """`open_runtime` runs the staged graph for the parity check; tests swap it to force a parity result."""
     _check_target(options)
     _check_replaceable(options.out)
+    key = None if options.sign_key is None else read_key(options.sign_key)  # before the long part
     model, source = load_bundle(options.bundle)
     frames = _frames(source.training_set, options)
     if options.precision != "fp32":
@@ -270,7 +271,7 @@ def bake(options: BakeOptions, open_runtime: RuntimeOpener = agent_runtime) -> E
                 "files": _baked_files(staging),
             }
         )
-        (staging / MANIFEST).write_text(yaml.safe_dump(manifest.model_dump(mode="json"), sort_keys=False))
+        write_manifest(staging, manifest, key)
         if options.out.exists():
             shutil.rmtree(options.out)
         staging.rename(options.out)

@@ -11,6 +11,7 @@ from converters.bake import BakeError, BakeOptions, bake
 from converters.guard import Guard
 from edge_agent.bundle import Int8Cpu
 from edge_agent.console import run_cli, setup_logging
+from edge_agent.errors import BundleError as EdgeBundleError
 from edge_agent.runtimes.openvino_ops import cpu_isa, has_vnni
 from trainer.bundle import BundleError
 
@@ -52,6 +53,10 @@ def bake_command(
             "to torch; AVX-512 VNNI, AVX-VNNI or AMX only, the agent refuses it elsewhere) | native (this machine's)"
         ),
     ] = "any",
+    sign_key: Annotated[
+        Path | None,
+        typer.Option(help="HMAC key file: sign the manifest, for agents whose model.hmac_key_file is the same key"),
+    ] = None,
 ) -> None:
     """Export the whole pipeline as one graph, check it against torch, and write the edge bundle.
 
@@ -60,7 +65,7 @@ def bake_command(
     setup_logging()
     guard = Guard(max_auroc_drop=max_auroc_drop, max_flip_rate=max_flip_rate, margin=margin)
     cpu = _int8_cpu(int8_cpu)
-    manifest = bake(BakeOptions(bundle, out, target, precision, calib, defects, guard, engine_on_target, cpu))
+    manifest = bake(BakeOptions(bundle, out, target, precision, calib, defects, guard, engine_on_target, cpu, sign_key))
     p = manifest.parity
     auroc = ""
     if p.auroc_reference is not None and p.auroc_baked is not None:
@@ -96,7 +101,8 @@ def _int8_cpu(choice: str) -> Int8Cpu:
 
 
 def main() -> None:
-    run_cli(app, (BakeError, BundleError, OSError))
+    # EdgeBundleError: an unreadable --sign-key (the key file is read as the agent reads it).
+    run_cli(app, (BakeError, BundleError, EdgeBundleError, OSError))
 
 
 if __name__ == "__main__":

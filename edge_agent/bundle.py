@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -11,10 +12,17 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edge_agent.errors import BundleError
 from edge_agent.geometry import Geometry
-from edge_agent.hashing import sha256_file
+from edge_agent.hashing import hmac_sha256, same_digest, sha256_bytes, sha256_file
 
 EDGE_FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
+
 MANIFEST = "manifest.yaml"
+# Beside the manifest, which lists the other files' hashes but cannot hold its own: its sha256 (an edited
+# threshold or a corrupt copy is refused) and, when bake was given a key, its HMAC-SHA256 (only a holder of the key
+# can make a bundle the agent accepts).
+MANIFEST_DIGEST = "manifest.sha256"
+MANIFEST_SIGNATURE = "manifest.hmac"
 
 
 class Strict(BaseModel):
@@ -105,13 +113,49 @@ class EdgeBundle:
         return self.path / name
 
 
-def load_edge_bundle(path: Path) -> EdgeBundle:
-    """Read the manifest and check every file's hash; refuse anything we cannot trust."""
+def write_manifest(folder: Path, manifest: EdgeManifest, key: bytes | None = None) -> None:
+    """The manifest, its sha256 and, with a key, its HMAC-SHA256 signature."""
+    text = yaml.safe_dump(manifest.model_dump(mode="json"), sort_keys=False).encode()
+    (folder / MANIFEST).write_bytes(text)
+    (folder / MANIFEST_DIGEST).write_text(sha256_bytes(text) + "\n")
+    if key is not None:
+        (folder / MANIFEST_SIGNATURE).write_text(hmac_sha256(key, text) + "\n")
+
+
+def _check_manifest(path: Path, text: bytes, key: bytes | None) -> None:
+    digest = path / MANIFEST_DIGEST
+    if digest.is_file() and not same_digest(digest.read_text(), sha256_bytes(text)):
+        raise BundleError(
+            f"{path / MANIFEST} does not match its {MANIFEST_DIGEST} (edited or corrupt); refusing it, re-run "
+            "`converter bake`"
+        )
+    if key is not None:
+        signature = path / MANIFEST_SIGNATURE
+        if not signature.is_file():
+            raise BundleError(
+                f"edge bundle {path} is not signed, and model.hmac_key_file asks for signed bundles; bake it with "
+                "`converter bake --sign-key`"
+            )
+        if not same_digest(signature.read_text(), hmac_sha256(key, text)):
+            raise BundleError(
+                f"edge bundle {path} is signed with another key than model.hmac_key_file, or changed since; refusing it"
+            )
+    elif not digest.is_file():
+        # Bundles baked before manifests were hashed still load, as they did: without a key a digest only
+        # catches accidents, and refusing them would stop a line at the agent's upgrade.
+        log.warning("edge bundle %s has no %s (baked before manifests were hashed); re-bake it", path, MANIFEST_DIGEST)
+
+
+def load_edge_bundle(path: Path, key: bytes | None = None) -> EdgeBundle:
+    """Read the manifest and check its hash, its signature when `key` is given, and every file's hash; refuse
+    anything we cannot trust."""
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise BundleError(f"no edge bundle at {path} (no {MANIFEST}); make one with `converter bake`")
+    text = manifest_path.read_bytes()
+    _check_manifest(path, text, key)
     try:
-        raw = yaml.safe_load(manifest_path.read_text())
+        raw = yaml.safe_load(text)
     except yaml.YAMLError:
         raise BundleError(f"{manifest_path} is not valid YAML; re-run `converter bake`") from None
     version = raw.get("format_version") if isinstance(raw, dict) else None

@@ -172,6 +172,7 @@ def run_command(
                 lambda path: load_model(path, cfg.model),
                 cfg.model.path,
                 lambda event, details: publisher.publish_event(camera, event, details),
+                cfg.model.allowed_reload_dirs,
             )
             publisher.on_command(_command_handler(camera, controller, publisher))
             try:

@@ -89,6 +89,15 @@ class ModelConfig(Strict):
     # Compiled models (OpenVINO) and TensorRT engines are cached here, so a restart skips compilation.
     # Unset: systemd's CacheDirectory when the unit has one, else ~/.cache/edge-agent.
     cache_dir: Path | None = None
+    # The only folders `cmd/reload {"path": ...}` may load an edge bundle from (symlinks followed), so a command
+    # cannot point the agent at any folder on the disk. Unset: the folder holding `path`.
+    reload_dirs: list[Path] | None = None
+    # A shared secret: only bundles whose manifest is signed with it (`converter bake --sign-key`) load.
+    hmac_key_file: Path | None = None
+
+    @property
+    def allowed_reload_dirs(self) -> list[Path]:
+        return self.reload_dirs if self.reload_dirs is not None else [self.path.parent]
 
 
 class TlsConfig(Strict):
@@ -248,6 +257,10 @@ def load_config(path: Path) -> AgentConfig:
                 update={
                     "path": _resolve(cfg.model.path, base),
                     "cache_dir": _maybe(cfg.model.cache_dir, base),
+                    "hmac_key_file": _maybe(cfg.model.hmac_key_file, base),
+                    "reload_dirs": None
+                    if cfg.model.reload_dirs is None
+                    else [_resolve(d, base) for d in cfg.model.reload_dirs],
                 }
             ),
             "mqtt": _resolve_mqtt(cfg.mqtt, base),

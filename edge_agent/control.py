@@ -8,7 +8,7 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -81,12 +81,15 @@ class Controller:
         load: Callable[[Path], LoadedModel],
         model_path: Path,
         events: EventSink,
+        reload_dirs: Sequence[Path] = (),
     ) -> None:
         self.camera = camera
         self._target = target
         self._load = load
         self._model_path = model_path
         self._events = events
+        # Resolved once: a folder renamed or relinked later does not widen what a command may load.
+        self._reload_dirs = [d.resolve() for d in reload_dirs]
         self._queue: queue.Queue[Command | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="control", daemon=True)
 
@@ -116,6 +119,8 @@ class Controller:
 
     def _run(self, command: Command) -> None:
         if command.verb == "reload":
+            if command.path is not None and not self._may_load(command.path):
+                return
             self._reload(command.path or self._model_path)
         elif command.verb == "pause":
             self._target.pause()
@@ -127,6 +132,19 @@ class Controller:
             self._events("resumed", {})
         else:
             self._target.request_snapshot(self._events)
+
+    def _may_load(self, path: Path) -> bool:
+        """A bundle named by a command must lie in one of model.reload_dirs, symlinks followed."""
+        if any(path.resolve().is_relative_to(folder) for folder in self._reload_dirs):
+            return True
+        allowed = ", ".join(map(str, self._reload_dirs)) or "none"
+        reason = (
+            f"{path} is outside model.reload_dirs ({allowed}); copy the bundle into one of them, or add its folder "
+            "to model.reload_dirs in the agent config"
+        )
+        log.error("model reload refused, still running %s: %s", self._target.model_version, reason)
+        self._events("reload_failed", {"path": str(path), "reason": reason, "model": self._target.model_version})
+        return False
 
     def _reload(self, path: Path) -> None:
         previous = self._target.model_version

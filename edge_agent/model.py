@@ -10,6 +10,7 @@ import numpy as np
 from edge_agent.bundle import load_edge_bundle
 from edge_agent.config import ModelConfig
 from edge_agent.geometry import Geometry
+from edge_agent.hashing import read_key
 from edge_agent.runtimes import make_runtime
 from edge_agent.runtimes.base import Runtime
 
@@ -31,7 +32,8 @@ class LoadedModel:
 def load_model(path: Path, config: ModelConfig) -> LoadedModel:
     """Load the edge bundle at `path` (hashes and format checked), compile it, and run one inference: the
     first one allocates and tunes, and must not land on a real frame's deadline."""
-    bundle = load_edge_bundle(path)
+    key = None if config.hmac_key_file is None else read_key(config.hmac_key_file)
+    bundle = load_edge_bundle(path, key)
     manifest = bundle.manifest
     runtime = make_runtime(bundle, config.model_copy(update={"path": path}))
     spec = manifest.input

@@ -13,9 +13,10 @@ from pipeline import Pipeline
 import converters.bake
 import converters.cli
 from converters.bake import BakeError, BakeOptions, Frames, bake
-from edge_agent.bundle import load_edge_bundle
+from edge_agent.bundle import MANIFEST_DIGEST, MANIFEST_SIGNATURE, load_edge_bundle
 from edge_agent.errors import BundleError
 from edge_agent.geometry import Geometry, prepare
+from edge_agent.hashing import sha256_bytes
 from edge_agent.imageio import list_images, read_image
 from edge_agent.runtimes.openvino import OpenVinoRuntime
 from edge_agent.runtimes.openvino_ops import ISA_CAP
@@ -59,8 +60,29 @@ def test_unknown_format_version_is_refused(pipeline: Pipeline, tmp_path: Path) -
     copy = shutil.copytree(pipeline.edge, tmp_path / "edge")
     manifest = copy / "manifest.yaml"
     manifest.write_text(manifest.read_text().replace("format_version: 1", "format_version: 99"))
+    # As a later converter would write it: its digest matches.
+    (copy / MANIFEST_DIGEST).write_text(sha256_bytes(manifest.read_bytes()))
     with pytest.raises(BundleError, match="format version 99"):
         load_edge_bundle(copy)
+
+
+def test_a_bake_signed_with_a_key_loads_with_it_and_with_no_other(pipeline: Pipeline, tmp_path: Path) -> None:
+    key = tmp_path / "bundle.key"
+    key.write_text("0123456789abcdef0123456789abcdef\n")
+    edge = tmp_path / "edge"
+    bake(BakeOptions(bundle=pipeline.model, out=edge, sign_key=key))
+    assert (edge / MANIFEST_SIGNATURE).is_file()
+    assert load_edge_bundle(edge, b"0123456789abcdef0123456789abcdef").manifest.precision == "fp32"
+    with pytest.raises(BundleError, match="signed with another key"):
+        load_edge_bundle(edge, b"another key")
+    with pytest.raises(BundleError, match="not signed"):
+        load_edge_bundle(pipeline.edge, b"0123456789abcdef0123456789abcdef")
+
+
+def test_bake_with_an_unreadable_key_stops_before_baking(pipeline: Pipeline, tmp_path: Path) -> None:
+    result = _bake_cli(str(pipeline.model), "--out", str(tmp_path / "edge"), "--sign-key", str(tmp_path / "none"))
+    _one_line_error(result, "bundle signing key")
+    assert not (tmp_path / "edge").exists()
 
 
 def _bake_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import paho.mqtt.publish
+import yaml
 from pipeline import Pipeline
 from test_pipeline import AGENT, STATION, agent_config, flat_replay
 
@@ -40,6 +41,9 @@ def test_reload_by_mqtt_and_sighup_swaps_without_losing_a_frame_and_refuses_a_co
     flat_replay(pipeline, tmp_path / "replay")
     camera = {"source": "folder", "path": str(tmp_path / "replay"), "fps": 20, "loop": True, "queue_size": 64}
     config = agent_config(tmp_path, mqtt_broker, pipeline, camera)
+    settings = yaml.safe_load(config.read_text())
+    settings["model"]["reload_dirs"] = [str(tmp_path)]  # where the two bundles to swap to are
+    config.write_text(yaml.safe_dump(settings))
     topic = f"inspect/{STATION}/cam0"
     with (
         MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{topic}/verdict") as verdicts,

@@ -66,6 +66,18 @@ def test_relative_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None
     assert isinstance(cam0, FolderCameraConfig) and cam0.path == tmp_path / "replay"
 
 
+def test_reload_dirs_and_key_file_resolve_from_the_config_folder(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, DESIGN_MINIMAL)).model.allowed_reload_dirs == [
+        Path("/var/lib/edge-agent/models")
+    ]
+    text = DESIGN_MINIMAL.replace(
+        "path: /var/lib/edge-agent/models/press2",
+        "path: /var/lib/edge-agent/models/press2\n  reload_dirs: [bundles]\n  hmac_key_file: bundle.key",
+    )
+    model = load_config(write(tmp_path, text)).model
+    assert model.allowed_reload_dirs == [tmp_path / "bundles"] and model.hmac_key_file == tmp_path / "bundle.key"
+
+
 def test_outbox_settings_default_and_relative_store_dir(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, DESIGN_MINIMAL))
     assert (cfg.mqtt.store_dir, cfg.mqtt.store_max_messages) == (None, 100_000)

@@ -125,6 +125,9 @@ class SlowRuntime(FakeRuntime):
         return super().infer(image)
 
 
+MODELS = Path("/models")  # the tests' model.reload_dirs
+
+
 def run_in_thread(loop: InspectionLoop) -> tuple[threading.Thread, list[RunSummary]]:
     out: list[RunSummary] = []
     thread = threading.Thread(target=lambda: out.append(loop.run(threading.Event())))
@@ -134,7 +137,7 @@ def run_in_thread(loop: InspectionLoop) -> tuple[threading.Thread, list[RunSumma
 
 def controller_for(loop: Controllable, publisher: FakePublisher, load: Callable[[Path], LoadedModel]) -> Controller:
     controller = Controller(
-        "cam0", loop, load, Path("/models/press2"), lambda e, d: publisher.publish_event("cam0", e, d)
+        "cam0", loop, load, Path("/models/press2"), lambda e, d: publisher.publish_event("cam0", e, d), [MODELS]
     )
     controller.start()
     return controller
@@ -183,6 +186,46 @@ def test_a_refused_bundle_keeps_the_old_model_and_says_why(tmp_path: Path) -> No
     assert {v.model for v in publisher.verdicts} == {"old-1"} and len(publisher.verdicts) == 20
     [(_camera, event, details)] = publisher.events
     assert event == "reload_failed" and "sha256" in details["reason"] and details["model"] == "old-1"
+
+
+def _reload(tmp_path: Path, path: Path) -> tuple[list[Path], list[tuple[str, str, dict[str, Any]]]]:
+    """A reload of `path` by command, with model.reload_dirs [tmp_path/models]: the paths loaded, and the events."""
+    publisher = FakePublisher()
+    loop = InspectionLoop(replay(tmp_path / "replay", 5), SlowRuntime(), publisher, OLD, LoopOptions())
+    loaded: list[Path] = []
+
+    def load(path: Path) -> LoadedModel:
+        loaded.append(path)
+        return LoadedModel(SlowRuntime(), NEW)
+
+    def events(event: str, details: dict[str, Any]) -> None:
+        publisher.publish_event("cam0", event, details)
+
+    controller = Controller("cam0", loop, load, tmp_path / "models" / "press2", events, [tmp_path / "models"])
+    controller.start()
+    controller.submit(Command("reload", path=path))
+    controller.stop()
+    return loaded, publisher.events
+
+
+def test_a_reload_from_outside_the_reload_dirs_is_refused_before_anything_is_read(tmp_path: Path) -> None:
+    loaded, [(_camera, event, details)] = _reload(tmp_path, tmp_path / "elsewhere" / "evil")
+    assert loaded == [] and event == "reload_failed" and details["model"] == "old-1"
+    assert "outside model.reload_dirs" in details["reason"] and str(tmp_path / "models") in details["reason"]
+
+
+def test_a_symlink_in_a_reload_dir_pointing_out_of_it_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "models" / "link").symlink_to(tmp_path / "elsewhere")
+    loaded, [(_camera, event, details)] = _reload(tmp_path, tmp_path / "models" / "link")
+    assert loaded == [] and event == "reload_failed" and "outside model.reload_dirs" in details["reason"]
+
+
+def test_a_reload_from_inside_the_reload_dirs_loads(tmp_path: Path) -> None:
+    inside = tmp_path / "models" / "press2-v2"
+    loaded, events = _reload(tmp_path, inside)
+    assert loaded == [inside] and [event for _camera, event, _details in events] == ["reloaded"]
 
 
 def test_pause_discards_frames_resume_judges_again_and_a_snapshot_works_while_paused(tmp_path: Path) -> None:
