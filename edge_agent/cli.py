@@ -27,7 +27,17 @@ from edge_agent.errors import AgentError, CameraUnavailable
 from edge_agent.frame_ids import FrameIds, frame_ids_path
 from edge_agent.logs import DEFAULT_LOG_FORMAT, LOG_FORMATS
 from edge_agent.loop import InspectionLoop, LoopOptions
-from edge_agent.metrics import ARCHIVE_PENDING, MQTT_CONNECTED, OUTBOX, Metrics, MetricsServer
+from edge_agent.metrics import (
+    ARCHIVE_DROPPED,
+    ARCHIVE_FAILED,
+    ARCHIVE_PENDING,
+    MQTT_CONNECTED,
+    OUTBOX,
+    OUTBOX_DROPPED,
+    REJECTS_EXPIRED,
+    Metrics,
+    MetricsServer,
+)
 from edge_agent.model import load_model
 from edge_agent.publish.mqtt import CommandHandler, MqttPublisher
 from edge_agent.publish.store import SqliteStore, store_path
@@ -160,8 +170,13 @@ def run_command(
             if cfg.metrics.enabled:
                 metrics = Metrics(version, cfg.metrics.health_timeout_s)
                 metrics.watch(OUTBOX, camera, publisher.pending)
+                # Losses, beside the logs that name them, so an alert can fire on any of them.
+                metrics.watch(OUTBOX_DROPPED, camera, lambda: publisher.dropped)
+                metrics.watch(REJECTS_EXPIRED, camera, lambda: publisher.expired_rejects)
                 if archive is not None:
                     metrics.watch(ARCHIVE_PENDING, camera, archive.pending)
+                    metrics.watch(ARCHIVE_DROPPED, camera, lambda: archive.dropped)
+                    metrics.watch(ARCHIVE_FAILED, camera, lambda: archive.failed)
                 metrics.watch(MQTT_CONNECTED, camera, lambda: publisher.connected)
             loop = InspectionLoop(
                 cam, model.runtime, publisher, model.info, options, archive, metrics, notifier, frame_ids=frame_ids

@@ -36,6 +36,10 @@ ARCHIVE_PENDING = "edge_agent_archive_pending_items"
 CAMERA_CONNECTED = "edge_agent_camera_connected"
 MQTT_CONNECTED = "edge_agent_mqtt_connected"
 MODEL_INFO = "edge_agent_model_info"
+OUTBOX_DROPPED = "edge_agent_outbox_dropped_total"
+REJECTS_EXPIRED = "edge_agent_rejects_expired_total"
+ARCHIVE_DROPPED = "edge_agent_archive_dropped_total"
+ARCHIVE_FAILED = "edge_agent_archive_failed_total"
 
 # Exposition order, type and help text of every series.
 SERIES: dict[str, tuple[str, str]] = {
@@ -50,6 +54,10 @@ SERIES: dict[str, tuple[str, str]] = {
     CAMERA_CONNECTED: ("gauge", "1 while the camera delivers, 0 after it failed and until it is back."),
     MQTT_CONNECTED: ("gauge", "1 while connected to the MQTT broker."),
     MODEL_INFO: ("gauge", "The model version in use, as a label; the value is always 1."),
+    OUTBOX_DROPPED: ("counter", "Messages the full outbox dropped, oldest first: verdicts the broker never got."),
+    REJECTS_EXPIRED: ("counter", "Reject messages not sent because their deadline passed in the outbox."),
+    ARCHIVE_DROPPED: ("counter", "Images the archive skipped because its queue was full."),
+    ARCHIVE_FAILED: ("counter", "Images the archive could not write (disk full, I/O error)."),
 }
 _COUNTED = {REJECT: REJECTS, ERROR: ERRORS}
 

@@ -7,6 +7,7 @@ import json
 import shutil
 import signal
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import paho.mqtt.publish
@@ -18,6 +19,8 @@ from converters.bake import BakeOptions, bake
 from converters.guard import Guard
 from demo.broker import Broker
 from demo.collector import MqttCollector
+from edge_agent.metrics import ARCHIVE_DROPPED, ARCHIVE_FAILED, OUTBOX_DROPPED, REJECTS_EXPIRED
+from tests.edge_agent.test_agent_metrics import parse
 
 WAIT_S = 60.0
 
@@ -25,6 +28,14 @@ WAIT_S = 60.0
 def command(broker: Broker, verb: str, body: dict[str, str] | None = None) -> None:
     payload = json.dumps(body) if body else ""
     paho.mqtt.publish.single(f"inspect/{STATION}/cmd/{verb}", payload, qos=1, hostname=broker.host, port=broker.port)
+
+
+def _losses_are_on_the_metrics_page(port: int) -> None:
+    """The real agent exports every way it can lose something, at 0 on a healthy run (cam0 serves on `port`)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        samples = parse(response.read().decode())
+    for name in (OUTBOX_DROPPED, REJECTS_EXPIRED, ARCHIVE_DROPPED, ARCHIVE_FAILED):
+        assert samples[name, (("camera", "cam0"),)] == 0, name
 
 
 def test_reload_by_mqtt_and_sighup_swaps_without_losing_a_frame_and_refuses_a_corrupt_bundle(
@@ -57,6 +68,7 @@ def test_reload_by_mqtt_and_sighup_swaps_without_losing_a_frame_and_refuses_a_co
         )
         try:
             verdicts.wait_for(5, WAIT_S)
+            _losses_are_on_the_metrics_page(settings["metrics"]["port"])
             command(mqtt_broker, "reload", {"path": str(corrupt)})
             command(mqtt_broker, "reload", {"path": str(second)})
             events.wait_for(2, WAIT_S)
