@@ -150,7 +150,9 @@ def run_command(
             if cfg.archive.enabled
             else None
         )
-        publisher = MqttPublisher(cfg.mqtt, cfg.station, version, store, reject_deadline_ms=cfg.reject.deadline_ms)
+        publisher = MqttPublisher(
+            cfg.mqtt, cfg.station, version, store, camera=camera, reject_deadline_ms=cfg.reject.deadline_ms
+        )
         # Stopped before the store closes, on every path: its sender thread reads the store.
         try:
             grab_timeout_s, frame_timeout_s = _camera_timeouts(cam_cfg)

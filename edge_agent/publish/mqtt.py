@@ -130,6 +130,7 @@ class MqttPublisher:
         model: str,
         store: VerdictStore,
         *,
+        camera: str,
         reject_deadline_ms: float,
         connect_wait_s: float = 3.0,
         stop_wait_s: float = 2.0,
@@ -137,16 +138,19 @@ class MqttPublisher:
     ) -> None:
         self.config = config
         self.station = station
+        self.camera = camera
         self.model = model
-        self.client_id = config.client_id or f"edge-agent-{station}-{os.getpid()}"
+        self.client_id = config.client_id or f"edge-agent-{station}-{camera}-{os.getpid()}"
         self._store = store
         self._reject_deadline_s = reject_deadline_ms / 1000
         self._connect_wait_s = connect_wait_s
         self._stop_wait_s = stop_wait_s
         self._max_inflight = max_inflight
         base = f"{config.topic_prefix}/{station}"
-        self.status_topic = f"{base}/status"
-        self.stats_topic = f"{base}/stats"
+        # Per camera: each camera's agent process has its own connection and last will, so with N cameras each
+        # status says whether that camera is inspected, and no process overwrites another's stats.
+        self.status_topic = f"{base}/{camera}/status"
+        self.stats_topic = f"{base}/{camera}/stats"
         self.command_topic = f"{base}/cmd/"
         self._base = base
         self._on_command: CommandHandler | None = None
@@ -300,10 +304,16 @@ class MqttPublisher:
         self.model = version
 
     def publish_stats(self, counters: dict[str, float | int]) -> None:
-        """Counters to `<prefix>/<station>/stats`, QoS 0, not stored (the next report replaces a lost one)."""
+        """Counters to `<prefix>/<station>/<camera>/stats`, QoS 0, not stored (the next report replaces a lost one)."""
         if self._stopped:
             return
-        body = {"station": self.station, "model": self.model, "ts": time.time(), "counters": counters}
+        body = {
+            "station": self.station,
+            "camera": self.camera,
+            "model": self.model,
+            "ts": time.time(),
+            "counters": counters,
+        }
         # Paho drops QoS 0 while disconnected, and its acknowledgement (if any) matches nothing we track.
         self._client.publish(self.stats_topic, json.dumps(body, separators=(",", ":")).encode(), qos=0)
 

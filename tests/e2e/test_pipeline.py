@@ -99,7 +99,7 @@ def test_sigterm_stops_cleanly_after_delivering_in_flight_verdicts(
     config = agent_config(tmp_path, mqtt_broker, pipeline, camera)
     with (
         MqttCollector(mqtt_broker.host, mqtt_broker.port, f"inspect/{STATION}/cam0/verdict") as verdicts,
-        MqttCollector(mqtt_broker.host, mqtt_broker.port, f"inspect/{STATION}/status") as status,
+        MqttCollector(mqtt_broker.host, mqtt_broker.port, f"inspect/{STATION}/cam0/status") as status,
     ):
         agent = subprocess.Popen(
             [*AGENT, "run", "--camera", "cam0", "--config", str(config)],

@@ -149,7 +149,13 @@ def outbox_publisher(
     config = MqttConfig(host=HOST, port=port, topic_prefix=PREFIX)
     with SqliteStore(tmp_path / "outbox" / f"outbox-{camera}.sqlite", 100_000) as store:
         publisher = MqttPublisher(
-            config, STATION, MODEL.version, store, reject_deadline_ms=REJECT_DEADLINE_MS, max_inflight=max_inflight
+            config,
+            STATION,
+            MODEL.version,
+            store,
+            camera=camera,
+            reject_deadline_ms=REJECT_DEADLINE_MS,
+            max_inflight=max_inflight,
         )
         try:
             yield publisher
@@ -285,7 +291,7 @@ def test_slow_inference_on_a_live_camera_drops_the_oldest_frames_and_publishes_e
     camera = GenicamCamera(GIGE, GenicamCameraConfig(source="genicam", cti="viky"))
     metrics = Metrics(MODEL.version)
     options = LoopOptions(max_frames=grabbed, queue_size=2, deadline_ms=1000.0, flush_timeout_s=WAIT_S)
-    verdict_topic, stats_topic = f"{BASE}/{GIGE}/verdict", f"{BASE}/stats"
+    verdict_topic, stats_topic = f"{BASE}/{GIGE}/verdict", f"{BASE}/{GIGE}/stats"
     with (
         MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{BASE}/#") as collector,
         outbox_publisher(tmp_path, mqtt_broker.port) as publisher,

@@ -70,7 +70,9 @@ def make_publisher() -> Iterator[MakePublisher]:
     """Builds publishers for a host/port (on an in-memory outbox unless given one) and stops them after the test."""
     made: list[MqttPublisher] = []
 
-    def make(host: str, port: int, store: VerdictStore | None = None, **kwargs: float) -> MqttPublisher:
+    def make(
+        host: str, port: int, store: VerdictStore | None = None, camera: str = "cam0", **kwargs: float
+    ) -> MqttPublisher:
         # `start` returns as soon as the first connection attempt is over: a long wait costs only a broker that is
         # slow to answer, as on a loaded machine. Tests without a broker pass a short one.
         kwargs.setdefault("connect_wait_s", WAIT_S)
@@ -80,6 +82,7 @@ def make_publisher() -> Iterator[MakePublisher]:
             STATION,
             "patchcore-lite0",
             MemoryStore() if store is None else store,
+            camera=camera,
             reject_deadline_ms=REJECT_DEADLINE_MS,
             **kwargs,  # type: ignore[arg-type]
         )
@@ -153,15 +156,15 @@ def test_reject_topic_only_for_reject_and_error(mqtt_broker: Broker, make_publis
 def test_status_online_is_retained_for_a_late_subscriber(mqtt_broker: Broker, make_publisher: MakePublisher) -> None:
     publisher = started(make_publisher, mqtt_broker)
     assert publisher.flush(WAIT_S)  # the 'online' status is QoS 1 too
-    with MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{BASE}/status") as collector:
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{BASE}/cam0/status") as collector:
         messages = collector.wait_for(1, WAIT_S)
-    assert messages == [(f"{BASE}/status", b"online", True)]
+    assert messages == [(f"{BASE}/cam0/status", b"online", True)]
 
 
 def test_status_offline_after_stop_and_stop_is_idempotent(mqtt_broker: Broker, make_publisher: MakePublisher) -> None:
     # `stop` waits for the broker to acknowledge 'offline' before it disconnects: long enough for a loaded machine.
     publisher = started(make_publisher, mqtt_broker, stop_wait_s=WAIT_S)
-    with MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{BASE}/status") as live:
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{BASE}/cam0/status") as live:
         live.wait_for(1, WAIT_S)  # the retained 'online'
         publisher.stop()
         publisher.stop()
@@ -170,11 +173,15 @@ def test_status_offline_after_stop_and_stop_is_idempotent(mqtt_broker: Broker, m
     assert not publisher.connected
     with pytest.raises(RuntimeError):
         publisher.publish(verdict(1))
-    with MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{BASE}/status") as late:
-        assert late.wait_for(1, WAIT_S) == [(f"{BASE}/status", b"offline", True)]
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{BASE}/cam0/status") as late:
+        assert late.wait_for(1, WAIT_S) == [(f"{BASE}/cam0/status", b"offline", True)]
 
 
-def test_last_will_says_offline_when_the_agent_dies(mqtt_broker: Broker) -> None:
+def test_last_will_says_offline_when_the_agent_dies(mqtt_broker: Broker, make_publisher: MakePublisher) -> None:
+    """With two cameras, each agent process has its own status: one dying leaves the other online."""
+    other = make_publisher(mqtt_broker.host, mqtt_broker.port, camera="cam1")
+    other.start()
+    assert other.flush(WAIT_S)
     script = textwrap.dedent(
         f"""
         import time
@@ -182,13 +189,15 @@ def test_last_will_says_offline_when_the_agent_dies(mqtt_broker: Broker) -> None
         from edge_agent.publish.fake import MemoryStore
         from edge_agent.publish.mqtt import MqttPublisher
         config = MqttConfig(host={mqtt_broker.host!r}, port={mqtt_broker.port})
-        p = MqttPublisher(config, {STATION!r}, "m", MemoryStore(), reject_deadline_ms=100, connect_wait_s={WAIT_S})
+        p = MqttPublisher(
+            config, {STATION!r}, "m", MemoryStore(), camera="cam0", reject_deadline_ms=100, connect_wait_s={WAIT_S}
+        )
         p.start()
         print("connected" if p.connected else "not connected", flush=True)
         time.sleep(600)  # until killed
         """
     )
-    with MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{BASE}/status") as collector:
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{BASE}/cam0/status") as collector:
         proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
         try:
             assert proc.stdout is not None
@@ -199,6 +208,9 @@ def test_last_will_says_offline_when_the_agent_dies(mqtt_broker: Broker) -> None
             proc.wait(5)
         messages = collector.wait_for(2, WAIT_S)
     assert [(p, r) for _, p, r in messages] == [(b"online", False), (b"offline", False)]
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{BASE}/+/status") as late:
+        retained = sorted(late.wait_for(2, WAIT_S))
+    assert retained == [(f"{BASE}/cam0/status", b"offline", True), (f"{BASE}/cam1/status", b"online", True)]
 
 
 def test_flush_after_200_verdicts(mqtt_broker: Broker, make_publisher: MakePublisher) -> None:
@@ -214,14 +226,14 @@ def test_flush_after_200_verdicts(mqtt_broker: Broker, make_publisher: MakePubli
 
 
 def test_stats_topic(mqtt_broker: Broker, make_publisher: MakePublisher) -> None:
-    with MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{BASE}/stats") as collector:
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{BASE}/cam0/stats") as collector:
         publisher = started(make_publisher, mqtt_broker)
         publisher.publish_stats({"frames": 10, "dropped": 1, "fps": 29.5})
         (topic, payload, _), *_ = collector.wait_for(1, WAIT_S)
-    assert topic == f"{BASE}/stats"
+    assert topic == f"{BASE}/cam0/stats"
     body = json.loads(payload)
     assert body["counters"] == {"frames": 10, "dropped": 1, "fps": 29.5}
-    assert body["station"] == STATION
+    assert (body["station"], body["camera"]) == (STATION, "cam0")
     assert publisher.pending() == 0  # QoS 0 is never counted as pending
 
 
@@ -266,10 +278,10 @@ def test_verdicts_published_before_the_broker_is_up_arrive_after_connect(make_pu
 
 def test_client_id_from_config_or_default() -> None:
     store = MemoryStore()
-    named = MqttPublisher(MqttConfig(client_id="line2-agent"), STATION, "m", store, reject_deadline_ms=100)
-    default = MqttPublisher(MqttConfig(), STATION, "m", store, reject_deadline_ms=100)
+    named = MqttPublisher(MqttConfig(client_id="line2-agent"), STATION, "m", store, camera="c", reject_deadline_ms=100)
+    default = MqttPublisher(MqttConfig(), STATION, "m", store, camera="cam0", reject_deadline_ms=100)
     assert named.client_id == "line2-agent"
-    assert default.client_id.startswith(f"edge-agent-{STATION}-")
+    assert default.client_id.startswith(f"edge-agent-{STATION}-cam0-")
     named.stop()  # never started: a no-op
     default.stop()
 
@@ -304,7 +316,7 @@ def test_amqtt_fallback_broker_works_with_the_publisher(make_publisher: MakePubl
             collector.wait_for(3, WAIT_S)
         publisher.stop()
     topics = sorted(t for t, _, _ in collector.messages)
-    assert topics == [f"{BASE}/cam0/reject", f"{BASE}/cam0/verdict", f"{BASE}/status"]
+    assert topics == [f"{BASE}/cam0/reject", f"{BASE}/cam0/status", f"{BASE}/cam0/verdict"]
 
 
 def test_fake_publisher_records_what_the_loop_gives_it() -> None:
@@ -561,7 +573,13 @@ def login_publisher(broker: Broker, store: VerdictStore, password: str, folder: 
         reconnect_max_s=BACKOFF_CAP_S,
     )
     return MqttPublisher(
-        config, STATION, "patchcore-lite0", store, reject_deadline_ms=REJECT_DEADLINE_MS, connect_wait_s=WAIT_S
+        config,
+        STATION,
+        "patchcore-lite0",
+        store,
+        camera="cam0",
+        reject_deadline_ms=REJECT_DEADLINE_MS,
+        connect_wait_s=WAIT_S,
     )
 
 

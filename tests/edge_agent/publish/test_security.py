@@ -68,7 +68,9 @@ def publisher(broker: Broker, pki: Path, password_file: Path) -> MqttPublisher:
         username=USER,
         password_file=password_file,
     )
-    return MqttPublisher(config, "s1", "m", MemoryStore(), reject_deadline_ms=100, connect_wait_s=CONNECT_WAIT_S)
+    return MqttPublisher(
+        config, "s1", "m", MemoryStore(), camera="cam0", reject_deadline_ms=100, connect_wait_s=CONNECT_WAIT_S
+    )
 
 
 def a_verdict() -> Verdict:
@@ -100,10 +102,10 @@ def test_a_wrong_password_is_not_let_in(tls_broker: Broker, pki: Path, tmp_path:
 def test_missing_tls_or_password_files_are_clear_errors(pki: Path, tmp_path: Path) -> None:
     config = MqttConfig(tls=TlsConfig(ca_file=tmp_path / "nope.crt"))
     with pytest.raises(MqttSecurityError, match=r"mqtt\.tls\.ca_file .*nope\.crt does not exist"):
-        MqttPublisher(config, "s1", "m", MemoryStore(), reject_deadline_ms=100)
+        MqttPublisher(config, "s1", "m", MemoryStore(), camera="cam0", reject_deadline_ms=100)
     config = MqttConfig(username=USER, password_file=tmp_path / "missing")
     with pytest.raises(MqttSecurityError, match=r"mqtt\.password_file .*missing cannot be read"):
-        MqttPublisher(config, "s1", "m", MemoryStore(), reject_deadline_ms=100)
+        MqttPublisher(config, "s1", "m", MemoryStore(), camera="cam0", reject_deadline_ms=100)
     config = MqttConfig(tls=TlsConfig(ca_file=pki / "agent.password"))  # not a certificate
     with pytest.raises(MqttSecurityError, match="cannot be loaded"):
-        MqttPublisher(config, "s1", "m", MemoryStore(), reject_deadline_ms=100)
+        MqttPublisher(config, "s1", "m", MemoryStore(), camera="cam0", reject_deadline_ms=100)
