@@ -31,7 +31,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from accuracy import DATASETS, data_for, parse_datasets, parse_seeds
 
@@ -51,7 +50,7 @@ from trainer.fit import FitOptions, fit
 from trainer.metrics import image_auroc, pixel_auroc_and_aupro
 from trainer.models import REGISTRY
 from trainer.predict import on_grid, predict, read_frames
-from trainer.scoring import mask_to_grid
+from trainer.scoring import read_mask
 
 PERCENT = 100.0
 INT8_CPUS = ("any", "vnni")
@@ -91,21 +90,14 @@ def scores_of(combined: Sequence[Combined]) -> np.ndarray:
     return np.array([c.score for c in combined])
 
 
-def _mask(sample: Sample, spec: InputSpec) -> np.ndarray:
-    if sample.mask is None:
-        return np.zeros((spec.height, spec.width), dtype=bool)
-    raw = cv2.imread(str(sample.mask), cv2.IMREAD_GRAYSCALE)
-    if raw is None:
-        raise SystemExit(f"mask {sample.mask} is unreadable")
-    return mask_to_grid(raw, spec)
-
-
-def truth_of(samples: Sequence[Sample], spec: InputSpec) -> Truth | None:
-    """The masks of `samples` (the test frames read, in order); None where no defect has one (ELPV)."""
-    rows = [i for i, s in enumerate(samples) if not s.is_defect or s.mask is not None]
+def truth_of(samples: Sequence[Sample], frames: Sequence[np.ndarray], spec: InputSpec) -> Truth | None:
+    """The masks of `samples` (the test frames read, in order), as `trainer eval` reads them; None where no
+    defect has one (ELPV)."""
+    masks = {i: read_mask(s, spec, f.shape[:2]) for i, (s, f) in enumerate(zip(samples, frames, strict=True))}
+    rows = [i for i, mask in masks.items() if mask is not None]
     if not any(samples[i].is_defect for i in rows):
         return None
-    return Truth(rows, np.stack([_mask(samples[i], spec) for i in rows]), spec)
+    return Truth(rows, np.stack([masks[i] for i in rows]), spec)
 
 
 def pixel_metrics(combined: Sequence[Combined], truth: Truth | None) -> PixelMetrics | None:
@@ -157,7 +149,7 @@ def main() -> None:
             sample_of = {s.path: s for s in dataset.test}
             samples = [sample_of[p] for p in kept]
             labels = np.array([s.is_defect for s in samples])
-            truth = truth_of(samples, manifest.input)
+            truth = truth_of(samples, frames, manifest.input)
             combined = predict(model, frames, manifest.geometry)
             scores = {"torch": scores_of(combined)}
             pixel = {"torch": pixel_metrics(combined, truth)}

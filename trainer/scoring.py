@@ -77,7 +77,7 @@ def _batches(items: Sequence[Sample], size: int) -> Iterator[Sequence[Sample]]:
         yield items[start : start + size]
 
 
-def _read_mask(sample: Sample, spec: InputSpec, shape: tuple[int, int]) -> np.ndarray | None:
+def read_mask(sample: Sample, spec: InputSpec, shape: tuple[int, int]) -> np.ndarray | None:
     """The sample's mask on the input grid; all-zero for goods; None for a defect without a usable mask. `shape` is
     the image's (height, width) as stored, which the mask must match."""
     if not sample.is_defect:
@@ -119,7 +119,7 @@ class _Collector:
         self.shapes: list[tuple[int, int]] = []
 
     def add(self, sample: Sample, score: float, amap: np.ndarray, shape: tuple[int, int]) -> None:
-        mask = _read_mask(sample, self.spec, shape)
+        mask = read_mask(sample, self.spec, shape)
         if mask is None:
             self.unmasked.append(sample.path)
         else:
