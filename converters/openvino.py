@@ -11,6 +11,7 @@ from torch import nn
 from torch.jit._trace import TracerWarning
 
 from converters.graph import INPUT_NAME, OUTPUT_NAMES, example_input
+from trainer.acceleration import convert_traced
 from trainer.models.prediction import TupleOutputs
 
 
@@ -19,11 +20,8 @@ def to_openvino(model: nn.Module, height: int, width: int) -> ov.Model:
         # Models read fitted buffers as Python constants on purpose (PatchCore's int8 query scales): they are
         # fixed once fitted, and exporters need them static.
         warnings.simplefilter("ignore", TracerWarning)
-        ov_model = ov.convert_model(
-            TupleOutputs(model).eval(),  # eval on the wrapper: the exporter restores its mode recursively
-            example_input=example_input(height, width),
-            input=[((1, height, width, 3), ov.Type.u8)],
-        )
+        # eval on the wrapper: the exporter restores its mode recursively
+        ov_model = convert_traced(TupleOutputs(model).eval(), example_input(height, width), (1, height, width, 3))
     ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
     for output, name in zip(ov_model.outputs, OUTPUT_NAMES, strict=True):
         output.get_tensor().set_names({name})
