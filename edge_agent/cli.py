@@ -94,6 +94,8 @@ def _report(name: str, summary: RunSummary, cfg: AgentConfig, archive: Archive |
         f"{name}: {summary.frames} frames: {c[OK]} ok, {c[REJECT]} reject, {c[ERROR]} error; "
         f"{summary.dropped} dropped, {summary.late} late (deadline {cfg.reject.deadline_ms:g} ms)"
     )
+    reasons = ", ".join(f"{count} {reason}" for reason, count in summary.not_inspected.items())
+    typer.echo(f"not inspected: {reasons}; {summary.missed_without_verdict} with no verdict of their own")
     for label, percent in (("median", 50), ("p99", 99)):
         stages = ", ".join(f"{s} {summary.percentile_ms(s, percent):.1f}" for s in summary.stage_ms)
         typer.echo(f"{label} latency from capture {summary.percentile_ms('total', percent):.1f} ms ({stages})")
@@ -160,6 +162,7 @@ def run_command(
                 max_frames=max_frames,
                 deadline_ms=cfg.reject.deadline_ms,
                 error_is_reject=cfg.reject.error_is_reject,
+                not_inspected_is_reject=cfg.reject.not_inspected_is_reject,
                 queue_size=cam_cfg.queue_size,
                 flush_timeout_s=cfg.mqtt.flush_timeout_s,
                 stats_interval_s=cfg.metrics.stats_interval_s,

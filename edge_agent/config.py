@@ -152,6 +152,8 @@ class MqttConfig(Strict):
 class RejectConfig(Strict):
     deadline_ms: float = Field(default=100.0, gt=0)
     error_is_reject: bool = True
+    # A part that got no model verdict (dropped, paused, skipped by the camera) goes to the reject topic too.
+    not_inspected_is_reject: bool = True
 
 
 class ArchiveConfig(Strict):

@@ -124,7 +124,7 @@ class Controller:
             self._reload(command.path or self._model_path)
         elif command.verb == "pause":
             self._target.pause()
-            log.info("inspection paused by command; frames are discarded until 'resume'")
+            log.info("inspection paused by command; until 'resume' each frame is answered not_inspected (paused)")
             self._events("paused", {})
         elif command.verb == "resume":
             self._target.resume()

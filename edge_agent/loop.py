@@ -1,6 +1,7 @@
 """The inspection loop: acquisition thread -> bounded queue -> inference -> publisher (its own network thread).
 
-Built from injected parts (camera, runtime, publisher, archive), so tests can swap any of them.
+Built from injected parts (camera, runtime, publisher, archive), so tests can swap any of them. Every frame grabbed
+gets one verdict, and so does every frame the camera's counter shows it skipped (edge_agent.accounting).
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
+from edge_agent.accounting import Accounting, Missed, dropped, missed
 from edge_agent.archive import Archive, ArchiveItem
 from edge_agent.cameras.base import Camera
 from edge_agent.control import EventSink
@@ -20,7 +22,8 @@ from edge_agent.frame_queue import FrameQueue
 from edge_agent.frames import Frame, image_problem
 from edge_agent.geometry import Combined, combine, prepare
 from edge_agent.log_throttle import LogThrottle
-from edge_agent.metrics import CAMERA_CONNECTED, DROPPED, Metrics
+from edge_agent.loop_options import LoopOptions as LoopOptions  # callers import it from here too
+from edge_agent.metrics import CAMERA_CONNECTED, DROPPED, MISSED_WITHOUT_VERDICT, Metrics
 from edge_agent.model import LoadedModel, ModelInfo
 from edge_agent.preprocess import to_uint8_rgb
 from edge_agent.publish.base import Publisher
@@ -28,7 +31,7 @@ from edge_agent.regions import find_regions
 from edge_agent.run_summary import RunSummary
 from edge_agent.runtimes.base import Runtime
 from edge_agent.systemd import SystemdNotifier
-from edge_agent.verdict import ERROR, OK, REJECT, Verdict, decide
+from edge_agent.verdict import ERROR, OK, REASON_PAUSED, REJECT, Verdict, decide
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +42,6 @@ RECONNECT_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 ERROR_LOG_INTERVAL_S = 60.0
 # Numbers in an error (a short buffer's size, a shape) vary between frames with the same fault: not a new kind.
 _NUMBERS = re.compile(r"\d+")
-
-
-@dataclass(frozen=True)
-class LoopOptions:
-    max_frames: int | None = None
-    deadline_ms: float = 100.0
-    error_is_reject: bool = True
-    queue_size: int = 4
-    flush_timeout_s: float = 10.0
-    stats_interval_s: float = 10.0
-    grab_timeout_s: float = 1.0
-    # No frame for this long means the camera is gone; None where silence is normal (hardware trigger, replay).
-    frame_timeout_s: float | None = None
 
 
 class InspectionLoop:
@@ -75,7 +65,7 @@ class InspectionLoop:
         self.archive = archive
         self.summary = RunSummary()
         live = bool(getattr(camera, "live", True))
-        self._queue: FrameQueue[Frame] = FrameQueue(options.queue_size, drop_oldest=live)
+        self._queue: FrameQueue[Frame, Missed] = FrameQueue(options.queue_size, drop_oldest=live, shrink=dropped)
         # Written by the acquisition thread, read by the metrics server; a grab that did not raise means connected.
         self._camera_connected = False
         self.metrics = metrics
@@ -89,8 +79,10 @@ class InspectionLoop:
         # Set by the inference thread while it judges a frame; read by the acquisition thread's liveness tick.
         self._judging = False
         self._error_log = LogThrottle(ERROR_LOG_INTERVAL_S)  # the inference thread's only
+        self._accounting = Accounting(camera.name, publisher, self.summary, options, metrics, self._event)
         if metrics is not None:
             metrics.watch(DROPPED, camera.name, lambda: self._queue.dropped)
+            metrics.watch(MISSED_WITHOUT_VERDICT, camera.name, self._missed_without_verdict)
             metrics.watch(CAMERA_CONNECTED, camera.name, lambda: self._camera_connected)
 
     @property
@@ -126,16 +118,19 @@ class InspectionLoop:
         acquisition.start()
         next_stats = time.monotonic() + self.options.stats_interval_s
         while not self._queue.finished:
-            frame = self._queue.get(QUEUE_POLL_S)
-            if frame is not None:
+            item = self._queue.get(QUEUE_POLL_S)
+            if isinstance(item, Missed):
+                self._accounting.answer(item, self._model.info)
+            elif item is not None:
                 self._judging = True
-                self._handle(frame)
+                self._handle(item)
                 self._judging = False
             if time.monotonic() >= next_stats:
                 self._publish_stats()
                 next_stats = time.monotonic() + self.options.stats_interval_s
         acquisition.join()
         self.summary.dropped = self._queue.dropped
+        self.summary.missed_without_verdict = self._missed_without_verdict()
         self._publish_stats()
         self.summary.delivered = self.publisher.flush(self.options.flush_timeout_s)
         return self.summary
@@ -143,7 +138,11 @@ class InspectionLoop:
     def _publish_stats(self) -> None:
         publish_stats = getattr(self.publisher, "publish_stats", None)
         if publish_stats is not None:
-            publish_stats({**self.summary.counters(), "dropped": self._queue.dropped})
+            live = {"dropped": self._queue.dropped, "missed_without_verdict": self._missed_without_verdict()}
+            publish_stats({**self.summary.counters(), **live})
+
+    def _missed_without_verdict(self) -> int:
+        return self._accounting.gap_overflow + self._queue.notes_lost
 
     def _acquire(self, stop: threading.Event) -> None:
         grabbed = 0
@@ -193,9 +192,11 @@ class InspectionLoop:
                 failures = 0
                 last_frame = time.monotonic()
                 grabbed += 1
-                if self._frame_ids is not None:
-                    frame = replace(frame, frame_id=self._frame_ids.next())
-                self._queue.put(frame)
+                next_id = None if self._frame_ids is None else self._frame_ids.next
+                skipped = self._accounting.gap_notes(frame, next_id)
+                if next_id is not None:
+                    frame = replace(frame, frame_id=next_id())
+                self._queue.put(frame, skipped)
         finally:
             self._queue.close()
 
@@ -206,6 +207,7 @@ class InspectionLoop:
             publish_event(self.camera.name, event, details)
 
     def _reopen(self) -> None:
+        self._accounting.camera_reopened()
         try:
             self.camera.close()
             self.camera.open()
@@ -223,13 +225,17 @@ class InspectionLoop:
                 if set_model is not None:
                     set_model(self._model.info.version)
             snapshot, self._snapshot_events = self._snapshot_events, None
-        if self._paused.is_set() and snapshot is None:
+        paused = self._paused.is_set()
+        if paused:
+            # The line still gets an answer for the part; a snapshot's own verdict is for the archive only.
+            self._accounting.answer(missed(frame, REASON_PAUSED), self._model.info)
+        if paused and snapshot is None:
             self.summary.paused += 1
             # Paused on purpose is not hung: keep systemd's watchdog fed.
             if self.watchdog is not None:
                 self.watchdog.feed()
             return
-        self._inspect(frame, self._model, publish=not self._paused.is_set(), snapshot=snapshot)
+        self._inspect(frame, self._model, publish=not paused, snapshot=snapshot)
 
     def _inspect(self, frame: Frame, model: LoadedModel, publish: bool, snapshot: EventSink | None) -> None:
         t0 = time.monotonic()

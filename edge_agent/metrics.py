@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from edge_agent.errors import AgentError
-from edge_agent.verdict import ERROR, REJECT
+from edge_agent.verdict import ERROR, NOT_INSPECTED_REASONS, REJECT
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ OUTBOX_DROPPED = "edge_agent_outbox_dropped_total"
 REJECTS_EXPIRED = "edge_agent_rejects_expired_total"
 ARCHIVE_DROPPED = "edge_agent_archive_dropped_total"
 ARCHIVE_FAILED = "edge_agent_archive_failed_total"
+NOT_INSPECTED = "edge_agent_not_inspected_total"
+MISSED_WITHOUT_VERDICT = "edge_agent_missed_without_verdict_total"
 
 # Exposition order, type and help text of every series.
 SERIES: dict[str, tuple[str, str]] = {
@@ -58,6 +60,11 @@ SERIES: dict[str, tuple[str, str]] = {
     REJECTS_EXPIRED: ("counter", "Reject messages not sent because their deadline passed in the outbox."),
     ARCHIVE_DROPPED: ("counter", "Images the archive skipped because its queue was full."),
     ARCHIVE_FAILED: ("counter", "Images the archive could not write (disk full, I/O error)."),
+    NOT_INSPECTED: ("counter", "not_inspected verdicts published, by reason: dropped, paused, camera_gap."),
+    MISSED_WITHOUT_VERDICT: (
+        "counter",
+        "Parts known to have passed with no verdict of their own: a camera gap past its cap, a hung inference.",
+    ),
 }
 _COUNTED = {REJECT: REJECTS, ERROR: ERRORS}
 
@@ -95,6 +102,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._cameras: set[str] = set()
         self._counts: dict[tuple[str, str], int] = {}
+        self._not_inspected: dict[tuple[str, str], int] = {}  # (camera, reason)
         self._stages: dict[tuple[str, str], _Histogram] = {}
         self._watched: dict[tuple[str, str], Callable[[], float]] = {}
 
@@ -107,6 +115,11 @@ class Metrics:
             for stage, seconds in stage_seconds.items():
                 self._stages.setdefault((camera, stage), _Histogram()).observe(seconds)
             self._last_done = self._clock()
+
+    def not_inspected(self, camera: str, reason: str) -> None:
+        with self._lock:
+            self._cameras.add(camera)
+            self._not_inspected[camera, reason] = self._not_inspected.get((camera, reason), 0) + 1
 
     def watch(self, name: str, camera: str, read: Callable[[], float]) -> None:
         """Report `read()` as the counter or gauge `name` of `camera` at each scrape."""
@@ -128,6 +141,7 @@ class Metrics:
         with self._lock:
             cameras = sorted(self._cameras)
             counts = dict(self._counts)
+            not_inspected = dict(self._not_inspected)
             stages = {key: (list(h.buckets), h.total, h.count) for key, h in sorted(self._stages.items())}
             watched = sorted(self._watched.items())
         # Readers run outside the lock: they take their owners' locks, which must never nest inside this one.
@@ -140,7 +154,15 @@ class Metrics:
         lines: list[str] = []
         for name, (kind, text) in SERIES.items():
             lines += [f"# HELP {name} {_escape(text)}", f"# TYPE {name} {kind}"]
-            if kind == "counter":
+            if name == NOT_INSPECTED:
+                # Every reason from the start, at 0: a rate() or an alert over a series that appears late misses
+                # its first increase.
+                lines += [
+                    f"{name}{_labels(camera=c, reason=r)} {not_inspected.get((c, r), 0)}"
+                    for c in cameras
+                    for r in NOT_INSPECTED_REASONS
+                ]
+            elif kind == "counter":
                 values = {c: read.get((name, c), counts.get((name, c), 0)) for c in cameras}
                 lines += [f"{name}{_labels(camera=c)} {_num(v)}" for c, v in values.items()]
             elif name == MODEL_INFO:

@@ -4,10 +4,20 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-VerdictKind = Literal["ok", "reject", "error"]
+VerdictKind = Literal["ok", "reject", "error", "not_inspected"]
 OK: VerdictKind = "ok"
 REJECT: VerdictKind = "reject"
 ERROR: VerdictKind = "error"
+# A part that passed the camera without a model verdict (dropped, paused, skipped by the camera): the line still
+# gets an answer for it, so a PLC counting parts never waits for one that will not come.
+NOT_INSPECTED: VerdictKind = "not_inspected"
+
+# Why a part was not inspected: the `reason` of a `not_inspected` verdict.
+NotInspectedReason = Literal["dropped", "paused", "camera_gap"]
+REASON_DROPPED: NotInspectedReason = "dropped"  # it waited in a full queue and a newer frame took its place
+REASON_PAUSED: NotInspectedReason = "paused"  # inspection was paused by a command
+REASON_CAMERA_GAP: NotInspectedReason = "camera_gap"  # the device's frame counter skipped it: never delivered
+NOT_INSPECTED_REASONS: tuple[NotInspectedReason, ...] = (REASON_DROPPED, REASON_PAUSED, REASON_CAMERA_GAP)
 
 
 @dataclass
@@ -28,16 +38,23 @@ class Verdict:
     error: str | None = None
     source: str = ""
     camera_frame_id: int | None = None  # the device's own count (restarts on reconnect), where it gives one
+    reason: NotInspectedReason | None = None  # set on `not_inspected` verdicts only
     reject_on_error: bool = True  # config, not payload
+    reject_on_not_inspected: bool = True  # config, not payload
 
     @property
     def is_reject(self) -> bool:
-        """By default errors count as rejects: the PLC ejects a part we could not judge (fail-safe)."""
-        return self.verdict == REJECT or (self.verdict == ERROR and self.reject_on_error)
+        """By default errors and parts not inspected count as rejects: the PLC ejects a part we did not judge
+        (fail-safe)."""
+        return (
+            self.verdict == REJECT
+            or (self.verdict == ERROR and self.reject_on_error)
+            or (self.verdict == NOT_INSPECTED and self.reject_on_not_inspected)
+        )
 
     def payload(self) -> bytes:
         body = asdict(self)
-        del body["reject_on_error"]
+        del body["reject_on_error"], body["reject_on_not_inspected"]
         return json.dumps(body, separators=(",", ":")).encode()
 
     def reject_payload(self) -> bytes:

@@ -3,7 +3,8 @@ real mosquitto on a loopback port, the MQTT publisher with its SQLite outbox. On
 here is what happens around it).
 
 - the camera dies mid-run: `camera_lost`, reconnect, `camera_reconnected`, verdicts again, the loop never exits;
-- inference slower than the camera: the oldest frames are dropped and counted, every judged frame is published once;
+- inference slower than the camera: the oldest frames are dropped, counted and answered `not_inspected`, every frame
+  is published once;
 - the broker is SIGKILLed mid-run and restarted on the same port: the outbox delivers every verdict (at least once).
 """
 
@@ -26,6 +27,7 @@ from demo.broker import HOST, Broker, start_mosquitto
 from demo.collector import Message, MqttCollector
 from edge_agent.cameras.genicam import GenicamCamera
 from edge_agent.config import GenicamCameraConfig, MqttConfig
+from edge_agent.frame_ids import FrameIds
 from edge_agent.frames import Frame
 from edge_agent.loop import InspectionLoop, LoopOptions
 from edge_agent.metrics import CAMERA_CONNECTED, DROPPED, FRAMES, Metrics
@@ -260,7 +262,8 @@ def test_camera_loss_is_reported_and_the_loop_reconnects_and_keeps_judging(
             camera.allow_reopen()
             camera.close()
         assert summary.delivered
-        wait_until(lambda: len(collector.on(verdict_topic)) >= summary.frames, "every verdict at the subscriber")
+        answered = summary.frames + sum(summary.not_inspected.values())
+        wait_until(lambda: len(collector.on(verdict_topic)) >= answered, "every verdict at the subscriber")
         time.sleep(0.1)  # nothing more may come: a short window can miss an extra message, never invent one
         messages = collector.messages
 
@@ -272,10 +275,17 @@ def test_camera_loss_is_reported_and_the_loop_reconnects_and_keeps_judging(
     assert reason in lost["reason"]
     assert summary.camera_errors >= 1
     assert back["after_failures"] == summary.camera_errors
-    assert summary.frames == len(bodies(messages, verdict_topic))
+    # A machine loaded enough to stall the camera thread past viky's buffers gives not_inspected verdicts too.
+    verdicts = bodies(messages, verdict_topic)
+    assert len(verdicts) == answered
+    assert summary.frames == len([v for v in verdicts if v["verdict"] != "not_inspected"])
     assert summary.counts == {"ok": summary.frames, "reject": 0, "error": 0}
     # The reopened device counts its frames afresh (viky starts again at 1); after the reconnect they are in order.
-    after = frame_ids([m for m in since(messages, "camera_reconnected") if m[0] == verdict_topic])
+    after = [
+        json.loads(payload)["frame_id"]
+        for topic, payload, _ in since(messages, "camera_reconnected")
+        if topic == verdict_topic and b'"verdict":"not_inspected"' not in payload
+    ]
     assert len(after) >= 10
     assert after == sorted(set(after))
 
@@ -283,7 +293,7 @@ def test_camera_loss_is_reported_and_the_loop_reconnects_and_keeps_judging(
 # -- 2. inference slower than the camera ---------------------------------------------------------------------
 
 
-def test_slow_inference_on_a_live_camera_drops_the_oldest_frames_and_publishes_each_judged_one_once(
+def test_slow_inference_on_a_live_camera_drops_the_oldest_frames_and_answers_every_frame_once(
     tmp_path: Path, mqtt_broker: Broker
 ) -> None:
     grabbed = 40  # 2 s of viky at 20 fps
@@ -300,13 +310,15 @@ def test_slow_inference_on_a_live_camera_drops_the_oldest_frames_and_publishes_e
         camera.open()
         try:
             runtime = FakeRuntime(paced(zero, infer_s))
-            loop = InspectionLoop(camera, runtime, publisher, MODEL, options, metrics=metrics)
+            agent_ids = FrameIds(tmp_path / "frame-ids-gige0.txt")  # the agent's count: gap verdicts get their own
+            loop = InspectionLoop(camera, runtime, publisher, MODEL, options, metrics=metrics, frame_ids=agent_ids)
             with running(loop) as runner:
                 summary = runner.finish(WAIT_S + grabbed * infer_s)
         finally:
             camera.close()
         assert summary.delivered
-        wait_until(lambda: len(collector.on(verdict_topic)) >= summary.frames, "every verdict at the subscriber")
+        answered = summary.frames + sum(summary.not_inspected.values())
+        wait_until(lambda: len(collector.on(verdict_topic)) >= answered, "every verdict at the subscriber")
         wait_until(lambda: bool(collector.on(stats_topic)), "the stats at the end of the run")
         time.sleep(0.1)  # nothing more may come: a short window can miss an extra message, never invent one
         messages = collector.messages
@@ -320,11 +332,16 @@ def test_slow_inference_on_a_live_camera_drops_the_oldest_frames_and_publishes_e
     assert sample(metrics, DROPPED) == summary.dropped
     assert sample(metrics, FRAMES) == summary.frames
     assert bodies(messages, stats_topic)[-1]["counters"]["dropped"] == summary.dropped
-    ids = frame_ids([m for m in messages if m[0] == verdict_topic])
-    assert len(ids) == summary.frames  # one verdict per judged frame
-    assert ids == sorted(set(ids)), ids  # strictly increasing: each once, in capture order
-    # Drop-oldest: the newest frames survive, so the last one grabbed (viky counts from 1) was judged.
-    assert ids[-1] >= grabbed
+    verdicts = bodies(messages, verdict_topic)
+    judged = [v["frame_id"] for v in verdicts if v["verdict"] != "not_inspected"]
+    assert len(judged) == summary.frames  # one verdict per judged frame
+    # Every other part got its answer too: each dropped frame, and each frame viky skipped (on a loaded machine).
+    gaps = summary.not_inspected["camera_gap"]
+    assert summary.not_inspected["dropped"] == summary.dropped
+    ids = [v["frame_id"] for v in verdicts]
+    assert ids == list(range(1, grabbed + gaps + 1)), ids  # each once, in capture order
+    # Drop-oldest: the newest frames survive, so the last one grabbed was judged.
+    assert judged[-1] == ids[-1]
 
 
 # -- 3. the broker is killed mid-run -------------------------------------------------------------------------

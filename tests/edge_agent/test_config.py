@@ -118,12 +118,24 @@ def test_half_configured_security_names_what_is_missing(tmp_path: Path, extra: s
         ("  port: 1883", "  port: 1883\n  reconnect_min_s: 0", "field 'mqtt.reconnect_min_s'"),
         ("  port: 1883", "  port: 1883\n  reconnect_max_s: -5", "field 'mqtt.reconnect_max_s'"),
         ("    source: folder", "    source: usb", "field 'cameras.cam0'"),
+        (
+            "  deadline_ms: 100",
+            "  deadline_ms: 100\n  not_inspected_is_reject: maybe",
+            "reject.not_inspected_is_reject",
+        ),
+        ("  deadline_ms: 100", "  deadline_ms: 100\n  not_inspected_reject: false", "unknown field 'reject.not_insp"),
     ],
 )
 def test_bad_fields_are_named(tmp_path: Path, old: str, new: str, message: str) -> None:
     assert old in DESIGN_MINIMAL
     with pytest.raises(AgentError, match=message):
         load_config(write(tmp_path, DESIGN_MINIMAL.replace(old, new)))
+
+
+def test_parts_not_inspected_are_rejects_unless_the_config_says_otherwise(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, DESIGN_MINIMAL)).reject.not_inspected_is_reject is True
+    off = DESIGN_MINIMAL.replace("  deadline_ms: 100", "  deadline_ms: 100\n  not_inspected_is_reject: false")
+    assert load_config(write(tmp_path, off)).reject.not_inspected_is_reject is False
 
 
 def test_the_reconnect_backoff_defaults_and_a_min_above_the_max_is_refused(tmp_path: Path) -> None:

@@ -246,7 +246,8 @@ def test_pause_discards_frames_resume_judges_again_and_a_snapshot_works_while_pa
     wait_until(lambda: loop.summary.paused >= 20, "20 frames discarded while paused")
     controller.submit(Command("snapshot"))
     wait_until(lambda: any(e[1] == "snapshot" for e in publisher.events), "the snapshot event")
-    assert publisher.verdicts == []
+    # The line still gets an answer for each part while paused: not_inspected, reason paused.
+    assert {(v.verdict, v.reason) for v in publisher.verdicts} == {("not_inspected", "paused")}
     controller.submit(Command("resume"))
     thread.join()
     controller.stop()
@@ -255,13 +256,15 @@ def test_pause_discards_frames_resume_judges_again_and_a_snapshot_works_while_pa
     assert events == ["paused", "snapshot", "resumed"]
     snapshot = publisher.events[1][2]
     assert Path(snapshot["image"]).is_file() and snapshot["image"].endswith("_snapshot.png")
-    judged = [v.frame_id for v in publisher.verdicts]
+    judged = [v.frame_id for v in publisher.verdicts if v.verdict != "not_inspected"]
     assert judged and judged == sorted(judged)
     assert judged[-1] == 200  # everything after the resume was judged
     # A replay without a rate waits for the loop, so no frame is dropped: each was discarded while paused, or
-    # judged; the snapshot frame was judged but not published.
+    # judged; the snapshot frame was judged but its verdict not published, so it too was answered `paused`.
     assert summary[0].dropped == 0
     assert summary[0].paused + len(judged) + 1 == 200
+    assert summary[0].not_inspected["paused"] == summary[0].paused + 1
+    assert [v.frame_id for v in publisher.verdicts] == list(range(1, 201))  # one answer per frame, in order
 
 
 def test_commands_for_another_camera_are_ignored(tmp_path: Path) -> None:

@@ -180,9 +180,12 @@ def test_live_camera_is_never_blocked_and_drops_are_counted() -> None:
     camera = CameraOutrunningInference(frames, runtime)
     summary = InspectionLoop(camera, runtime, publisher, MODEL, options).run(threading.Event())
     # The camera sent all its frames while inference sat on frame 1: it was never blocked. Of the 99 frames sent
-    # meanwhile only the newest `queue_size` were kept; every other one was dropped and counted.
+    # meanwhile only the newest `queue_size` were kept; every other one was dropped and counted, and answered.
     assert summary.frames == 1 + queue_size and summary.dropped == frames - 1 - queue_size
-    assert [v.frame_id for v in publisher.verdicts] == [1, frames - 1, frames]
+    judged = [v.frame_id for v in publisher.verdicts if v.verdict != "not_inspected"]
+    assert judged == [1, frames - 1, frames]
+    assert [v.frame_id for v in publisher.verdicts] == list(range(1, frames + 1))  # one each, in capture order
+    assert summary.not_inspected["dropped"] == summary.dropped
     # Frame 1 waited for the other 99 frames (a millisecond each, at least): far past its 5 ms deadline.
     assert summary.late > 0 and publisher.verdicts[0].late
 
@@ -217,7 +220,7 @@ def test_camera_failure_reconnects_instead_of_exiting(monkeypatch: pytest.Monkey
 
 
 def test_frame_queue_blocking_mode_never_drops() -> None:
-    q: FrameQueue[int] = FrameQueue(2, drop_oldest=False)
+    q: FrameQueue[int, str] = FrameQueue(2, drop_oldest=False, shrink=str)
     got: list[int] = []
 
     def consume() -> None:
