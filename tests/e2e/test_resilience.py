@@ -402,7 +402,7 @@ def test_broker_killed_mid_run_loses_no_verdict(tmp_path: Path, hang_first: bool
                     # they are in flight when it dies. Killed with a few in flight and the window not full, so that
                     # after the reconnect newer messages could overtake the resent ones if the publisher let them.
                     os.kill(pid, signal.SIGSTOP)
-                    wait_until(lambda: len(publisher._row_of_mid) >= 3, "3 messages in flight to the hung broker")
+                    wait_until(lambda: publisher.in_flight >= 3, "3 messages in flight to the hung broker")
                 os.kill(pid, signal.SIGKILL)  # no DISCONNECT, no will, nothing kept
                 before.stop()  # it would reconnect to the new broker and count twice
                 wait_until(lambda: not publisher.connected, "the publisher to notice that the broker is gone")

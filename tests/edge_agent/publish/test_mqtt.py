@@ -22,7 +22,8 @@ from demo.broker import Broker, free_port, run_broker, start_amqtt, start_mosqui
 from demo.collector import MqttCollector
 from edge_agent.config import MqttConfig
 from edge_agent.publish.fake import FakePublisher, MemoryStore
-from edge_agent.publish.mqtt import MqttPublisher, RefusalLog, backoff_s
+from edge_agent.publish.mqtt import MqttPublisher
+from edge_agent.publish.refusals import RefusalLog, backoff_s
 from edge_agent.publish.store import SqliteStore, StoreError, VerdictStore
 from edge_agent.verdict import ERROR, OK, REJECT, Verdict, VerdictKind
 from tests.edge_agent.waiting import WAIT_S, wait_until
@@ -545,7 +546,7 @@ AUTH_PASSWORD = "s3cret-pass"
 REFUSED_ATTEMPTS = 4  # at 0, 1, 3 and 5 s with the backoff below: enough to see it capped
 BACKOFF_MIN_S = 1
 BACKOFF_CAP_S = 2
-MQTT_LOGGER = "edge_agent.publish.mqtt"
+MQTT_LOGGER = "edge_agent.publish"  # the session (mqtt) and its refusal log (refusals)
 
 
 @pytest.fixture
@@ -597,7 +598,7 @@ def connect_lines(records: list[logging.LogRecord]) -> list[logging.LogRecord]:
 
 
 def refusal_lines(records: list[logging.LogRecord]) -> list[logging.LogRecord]:
-    return [r for r in records if r.name == MQTT_LOGGER and "refuse" in r.getMessage()]
+    return [r for r in records if r.name.startswith(MQTT_LOGGER) and "refuse" in r.getMessage()]
 
 
 def test_a_refused_login_is_logged_once_retried_with_backoff_and_keeps_the_verdicts(
