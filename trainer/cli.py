@@ -129,7 +129,7 @@ def eval_command(
     model: Annotated[Path, typer.Option(help="model bundle folder written by `trainer fit`")],
     data: Annotated[Path, typer.Option(help="MVTec AD category folder, or a folder layout with good/ and defects")],
     report: Annotated[
-        Path, typer.Option(help="folder for metrics.json, roc.png, tradeoff.png, histogram.png, grid.png")
+        Path, typer.Option(help="folder for metrics.json, the plots (PNG) and report.html, which holds them all")
     ],
     category: Annotated[str | None, typer.Option(help="category, when --data holds several")] = None,
     target_miss_rate: Annotated[

@@ -1,5 +1,5 @@
-"""The eval report folder (metrics.json, roc.png, tradeoff.png, histogram.png, grid.png) and the printed summary
-table.
+"""The eval report folder (metrics.json, roc.png, tradeoff.png, histogram.png, grid.png, and report.html, which
+holds them all in one page) and the printed summary table.
 
 matplotlib is imported inside the plotting functions, with the Agg backend, so importing the trainer never needs
 a display or pays matplotlib's start-up time.
@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from edge_agent.archive import overlay
+from trainer.report_html import HTML_FILE, write_html
 from trainer.targets import MISS_RATE
 
 if TYPE_CHECKING:
@@ -62,8 +63,13 @@ def write_report(result: EvalResult, folder: Path) -> list[Path]:
         written.append(plot_roc(result, folder / ROC_FILE))
         written.append(plot_tradeoff(result, folder / TRADEOFF_FILE))
     written.append(plot_histogram(result, folder / HISTOGRAM_FILE))
+    plots = written[1:]
     if result.grid_goods or result.grid_defects:
         written.append(draw_grid(result, folder / GRID_FILE))
+    tables = [(f"At the bundle's threshold {result.threshold:.4g}", [list(COLUMNS), *_summary_rows(result)])]
+    if result.targets:
+        tables.append((TARGETS_TITLE.format(threshold=result.threshold), [list(TARGET_COLUMNS), *_target_rows(result)]))
+    written.append(write_html(result, folder / HTML_FILE, tables, _f1_lines(result) + _extra_lines(result), plots))
     return written
 
 
@@ -219,8 +225,23 @@ COLUMNS = ("set", "images", "image AUROC", "pixel AUROC", "AUPRO", "false reject
 TARGET_COLUMNS = ("target", "threshold", "defects caught", "goods rejected")
 
 
+TARGETS_TITLE = "Thresholds that would meet the targets on these images (the bundle keeps {threshold:.4g})"
+
+
 def summary_table(result: EvalResult) -> str:
     """Plain-text table: one overall row and one row per defect type, then notes."""
+    at = result.at_threshold
+    lines = [f"{result.model} at threshold {result.threshold:.4g}: {at.goods} good, {at.defects} defective images"]
+    lines += _aligned([list(COLUMNS), *_summary_rows(result)])
+    lines += _f1_lines(result)
+    if result.targets:
+        lines.append(TARGETS_TITLE.format(threshold=result.threshold).lower() + ":")
+        lines += _aligned([list(TARGET_COLUMNS), *_target_rows(result)])
+    lines += _extra_lines(result)
+    return "\n".join(lines)
+
+
+def _summary_rows(result: EvalResult) -> list[list[str]]:
     at = result.at_threshold
     overall = [
         "overall",
@@ -231,35 +252,30 @@ def summary_table(result: EvalResult) -> str:
         _count(at.false_rejects, at.goods),
         _count(at.escapes, at.defects),
     ]
-    rows = [overall]
-    for t in result.per_type:
-        rows.append(
-            [
-                t.label,
-                str(t.count),
-                _number(t.image_auroc),
-                _number(t.pixel.pixel_auroc if t.pixel else None),
-                _number(t.pixel.aupro if t.pixel else None),
-                "",
-                _count(t.escapes, t.count),
-            ]
-        )
-    lines = [f"{result.model} at threshold {result.threshold:.4g}: {at.goods} good, {at.defects} defective images"]
-    lines += _aligned([list(COLUMNS), *rows])
-    if result.f1_max is not None:
-        f1 = result.f1_max
-        lines.append(
-            f"F1-max {f1.f1:.4f} at score {f1.threshold:.4g} (precision {f1.precision:.3f}, recall {f1.recall:.3f})"
-        )
-    lines += _target_lines(result)
-    lines += _extra_lines(result)
-    return "\n".join(lines)
+    per_type = [
+        [
+            t.label,
+            str(t.count),
+            _number(t.image_auroc),
+            _number(t.pixel.pixel_auroc if t.pixel else None),
+            _number(t.pixel.aupro if t.pixel else None),
+            "",
+            _count(t.escapes, t.count),
+        ]
+        for t in result.per_type
+    ]
+    return [overall, *per_type]
 
 
-def _target_lines(result: EvalResult) -> list[str]:
-    if not result.targets:
+def _f1_lines(result: EvalResult) -> list[str]:
+    if result.f1_max is None:
         return []
-    rows = [
+    f1 = result.f1_max
+    return [f"F1-max {f1.f1:.4f} at score {f1.threshold:.4g} (precision {f1.precision:.3f}, recall {f1.recall:.3f})"]
+
+
+def _target_rows(result: EvalResult) -> list[list[str]]:
+    return [
         [
             t.target.label,
             f"{t.point.threshold:.4g}",
@@ -268,8 +284,6 @@ def _target_lines(result: EvalResult) -> list[str]:
         ]
         for t in result.targets
     ]
-    header = f"thresholds that would meet the targets on these images (the bundle keeps {result.threshold:.4g}):"
-    return [header, *_aligned([list(TARGET_COLUMNS), *rows])]
 
 
 def _extra_lines(result: EvalResult) -> list[str]:

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 
 import cv2
@@ -50,6 +52,44 @@ def test_cli_eval_writes_the_report_folder(cli_eval: tuple[str, Path]) -> None:
         assert (report / name).is_file(), name
     grid = cv2.imread(str(report / "grid.png"))
     assert grid is not None and grid.shape[1] > grid.shape[0]  # two rows of up to eight tiles
+
+
+class PageParts(HTMLParser):
+    """The report page's images, table cells, and any reference to something outside the page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.cells: list[str] = []
+        self.outside: list[str] = []
+        self._in_cell = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "img":
+            self.images.append(values["src"] or "")
+        self.outside += [v for k, v in attrs if k in ("href", "src") and v and not v.startswith("data:")]
+        self._in_cell = tag == "td"
+
+    def handle_data(self, data: str) -> None:
+        if self._in_cell:
+            self.cells.append(data)
+            self._in_cell = False
+
+
+def test_report_html_is_one_self_contained_page_with_tables_plots_and_worst_cases(cli_eval: tuple[str, Path]) -> None:
+    report = cli_eval[1]
+    page = PageParts()
+    page.feed((report / "report.html").read_text(encoding="utf-8"))
+    assert page.outside == []  # opens from disk, alone: no file, server or CDN behind it
+    decoded = [cv2.imdecode(np.frombuffer(base64.b64decode(src.split(",", 1)[1]), np.uint8), 1) for src in page.images]
+    assert all(image is not None for image in decoded)
+    # roc, trade-off, histogram; then one overlay per good and per defect of the grid (6 goods, 9 defects here).
+    assert len(page.images) == 3 + 6 + min(9, 8)
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert {"overall", *DEFECT_TYPES} <= set(page.cells)
+    assert f"{metrics['image_auroc']:.4f}" in page.cells
+    assert len(metrics["targets"]) == 2 and sum("≤" in cell for cell in page.cells) == 2  # one row per target
 
 
 def test_metrics_json_has_image_pixel_threshold_and_per_type_metrics(cli_eval: tuple[str, Path]) -> None:
@@ -120,7 +160,7 @@ def test_goods_only_data_reports_false_rejects_not_auroc(pipeline: Pipeline, tmp
     assert result.at_threshold.goods == 6 and result.at_threshold.false_reject_rate is not None
     assert any("needs labelled defective" in note for note in result.notes)
     written = {p.name for p in write_report(result, tmp_path / "report")}
-    assert written == {"metrics.json", "histogram.png", "grid.png"}
+    assert written == {"metrics.json", "histogram.png", "grid.png", "report.html"}
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert metrics["image_auroc"] is None and metrics["score_stats"]["good"]["count"] == 6
     assert metrics["targets"] == []
