@@ -7,35 +7,28 @@ SPEC is JSON: {"contenders": [{"bundle", "torch", "profiled"}], "frames": "frame
 "cache_dir"}; RESULT is JSON: {"ms": [per contender, ms per frame], "profiles": [per contender, {"groups",
 "head_ms", "head_kernels"} or null], "warmup": warm-up frames per contender}.
 
-It also times edge bundles you already have against each other, in the same turns, on random frames of the
-model's input size (an A/B of two bakes of one model, say):
+The turns themselves are converters/latency.py's, which also times edge bundles you already have against each
+other, on random frames of the model's input size (an A/B of two bakes of one model, say):
 
-    .venv/bin/python bench/timing.py --bundles edge-a edge-b --frames 1000
+    .venv/bin/python -m converters.latency edge-a edge-b --frames 1000
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
-import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import openvino as ov
 
+from converters.latency import WARMUP, Runner, edge_runner, time_turns
 from edge_agent.bundle import load_edge_bundle
-from edge_agent.config import ModelConfig
-from edge_agent.runtimes import make_runtime
 from edge_agent.runtimes.openvino import MODEL_XML, compile_config
 from edge_agent.runtimes.openvino_ops import compiled_ops, head_kernels
 
-WARMUP = 20
-BLOCK = 10  # frames per runtime in turn: noise hits all alike, without each one paying for the last one's threads
-SETTLE_S = 0.5  # past OpenMP's default 200 ms spin-wait before a runtime's turn
 # Op types (and their variants, e.g. FullyConnectedQuantizedLegacy) whose exec_type ends in the kernel's
 # precision (brgconv_avx512_1x1_I8, brgconv_avx512_dw_f32, brgemm_avx512_i8, gemm_mlas_f32): split them by it.
 KERNEL_SPLIT = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul")
@@ -49,7 +42,7 @@ class Contender:
     profiled: bool  # an OpenVINO bake, which --profile splits by op
 
 
-def _runner(contender: Contender, cache_dir: Path) -> Callable[[np.ndarray], object]:
+def _runner(contender: Contender, cache_dir: Path) -> Runner:
     if contender.torch:
         import torch
 
@@ -58,27 +51,7 @@ def _runner(contender: Contender, cache_dir: Path) -> Callable[[np.ndarray], obj
         model = load_bundle(contender.bundle)[0]
         torch.set_grad_enabled(False)
         return lambda frame: model(torch.from_numpy(frame[None]))
-    bundle = load_edge_bundle(contender.bundle)
-    return make_runtime(bundle, ModelConfig(path=contender.bundle, cache_dir=cache_dir)).infer
-
-
-def time_turns(contenders: list[Contender], frames: np.ndarray, count: int, cache_dir: Path) -> list[list[float]]:
-    """ms per frame of every contender, taking turns in blocks of BLOCK frames after WARMUP each."""
-    runs = [_runner(c, cache_dir) for c in contenders]
-    for run in runs:
-        for i in range(WARMUP):
-            run(frames[i % len(frames)])
-    ms: list[list[float]] = [[] for _ in runs]
-    for block in range(0, count, BLOCK):
-        for times, run in zip(ms, runs, strict=True):
-            # The previous runtime's idle threads spin for a while after their work (torch's OpenMP, ONNX
-            # Runtime's pool); on 2 cores they would be billed to this one.
-            time.sleep(SETTLE_S)
-            for i in range(block, min(block + BLOCK, count)):
-                start = time.perf_counter()
-                run(frames[i % len(frames)])
-                times.append((time.perf_counter() - start) * 1000)
-    return ms
+    return edge_runner(contender.bundle, cache_dir)
 
 
 def op_group(info: ov.ProfilingInfo) -> str:
@@ -114,25 +87,12 @@ def profile_ops(edge: Path, frames: np.ndarray, count: int) -> dict[str, object]
     return {"groups": dict(total), "head_ms": head_ms, "head_kernels": head_kernels(ops)}
 
 
-AB_FRAMES = 400
-
-
-def compare_bundles(names: list[Path], count: int) -> None:
-    """p50 and p99 of each edge bundle, `count` frames each, taking turns."""
-    size = load_edge_bundle(names[0]).manifest.input  # the bundles are of one model, so of one input size
-    frames = np.random.default_rng(0).integers(0, 256, (BLOCK, size.height, size.width, 3), dtype=np.uint8)
-    contenders = [Contender(n, torch=False, profiled=False) for n in names]
-    ms = time_turns(contenders, frames, count, Path(tempfile.mkdtemp(prefix="timing-cache-")))
-    print("| edge bundle | p50 ms | p99 ms |\n|---|---:|---:|")
-    for name, times in zip(names, ms, strict=True):
-        print(f"| {name} | {np.percentile(times, 50):.2f} | {np.percentile(times, 99):.2f} |")
-
-
 def run_spec(spec_path: Path, result_path: Path) -> None:
     spec = json.loads(spec_path.read_text())
     contenders = [Contender(Path(c["bundle"]), c["torch"], c["profiled"]) for c in spec["contenders"]]
     frames = np.load(spec["frames"])
-    ms = time_turns(contenders, frames, spec["count"], Path(spec["cache_dir"]))
+    runners = [_runner(c, Path(spec["cache_dir"])) for c in contenders]
+    ms = time_turns(runners, frames, spec["count"])
     profiles = [
         profile_ops(c.bundle, frames, spec["count"]) if spec["profile"] and c.profiled else None for c in contenders
     ]
@@ -141,17 +101,10 @@ def run_spec(spec_path: Path, result_path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("spec", nargs="?", type=Path, help="bench/latency.py's JSON spec")
-    parser.add_argument("result", nargs="?", type=Path, help="where the JSON result goes")
-    parser.add_argument("--bundles", nargs="+", type=Path, help="edge bundles to time against each other")
-    parser.add_argument("--frames", type=int, default=AB_FRAMES, help="frames per bundle, with --bundles")
+    parser.add_argument("spec", type=Path, help="bench/latency.py's JSON spec")
+    parser.add_argument("result", type=Path, help="where the JSON result goes")
     args = parser.parse_args()
-    if args.bundles:
-        compare_bundles(args.bundles, args.frames)
-    elif args.spec and args.result:
-        run_spec(args.spec, args.result)
-    else:
-        parser.error("give SPEC RESULT, or --bundles DIR [DIR ...]")
+    run_spec(args.spec, args.result)
 
 
 if __name__ == "__main__":

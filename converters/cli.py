@@ -1,4 +1,4 @@
-"""`converter`: bake a trained model bundle into an edge bundle for the agent."""
+"""`converter`: bake a trained model bundle into an edge bundle for the agent, and benchmark the model families."""
 
 from __future__ import annotations
 
@@ -8,12 +8,17 @@ from typing import Annotated
 import typer
 
 from converters.bake import BakeError, BakeOptions, bake
+from converters.benchmark import BenchmarkOptions, markdown, run_benchmark, write_tables
 from converters.guard import Guard
 from edge_agent.bundle import Int8Cpu
 from edge_agent.console import run_cli, setup_logging
 from edge_agent.errors import BundleError as EdgeBundleError
 from edge_agent.runtimes.openvino_ops import cpu_isa, has_vnni
 from trainer.bundle import BundleError
+from trainer.data.dataset import DataError
+from trainer.fit import RecipeError
+from trainer.models import REGISTRY
+from trainer.models.training import TrainingError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 
@@ -85,6 +90,47 @@ def bake_command(
         typer.echo(INT8_CPU_NOTES[manifest.int8_cpu])
 
 
+@app.command("benchmark")
+def benchmark_command(
+    data: Annotated[
+        Path, typer.Option(help="data set with labelled test images: MVTec category, folder layout, elpv:TYPE")
+    ],
+    out: Annotated[Path, typer.Option(help="folder for each family's bundles and benchmark.md / benchmark.csv")],
+    models: Annotated[str, typer.Option(help="comma-separated model families")] = "patchcore,simplenet,fastflow",
+    category: Annotated[str | None, typer.Option(help="category, when --data holds several")] = None,
+    recipe: Annotated[
+        list[str] | None, typer.Option(help="MODEL=RECIPE.yaml: a recipe file for one family (repeatable)")
+    ] = None,
+    frames: Annotated[int, typer.Option(min=10, help="timed frames per bake")] = 200,
+) -> None:
+    """Fit, evaluate, bake (OpenVINO fp32 and int8) and time every family on one data set; print one table.
+
+    Example: converter benchmark --data datasets/press2 --out bench/press2
+
+    Example: converter benchmark --data elpv:mono:0 --models patchcore,fastflow --recipe fastflow=ff.yaml --out b/
+    """
+    setup_logging()
+    names = tuple(m.strip() for m in models.split(",") if m.strip())
+    unknown = [m for m in names if m not in REGISTRY]
+    if unknown or not names:
+        raise BakeError(f"unknown --models {', '.join(unknown) or '(none)'}; choose from {', '.join(REGISTRY)}")
+    options = BenchmarkOptions(data, names, out, category, _recipes(recipe or [], names), frames)
+    results = run_benchmark(options)
+    written = write_tables(results, options)
+    typer.echo(markdown(results, options))
+    typer.echo(f"wrote {', '.join(map(str, written))}")
+
+
+def _recipes(pairs: list[str], names: tuple[str, ...]) -> dict[str, Path]:
+    recipes: dict[str, Path] = {}
+    for pair in pairs:
+        name, _, path = pair.partition("=")
+        if name not in names or not path:
+            raise BakeError(f"--recipe '{pair}' must be MODEL=FILE with MODEL one of --models ({', '.join(names)})")
+        recipes[name] = Path(path)
+    return recipes
+
+
 INT8_CPU_NOTES = {
     "any": "int8 for any x86 CPU: 7-bit weights, exact on AVX2 too (--int8-cpu vnni: 8-bit, closer to torch)",
     "vnni": "int8 for VNNI CPUs (AVX-512 VNNI, AVX-VNNI, AMX): 8-bit weights; the agent refuses it on other CPUs",
@@ -102,7 +148,8 @@ def _int8_cpu(choice: str) -> Int8Cpu:
 
 def main() -> None:
     # EdgeBundleError: an unreadable --sign-key (the key file is read as the agent reads it).
-    run_cli(app, (BakeError, BundleError, EdgeBundleError, OSError))
+    # DataError, RecipeError, TrainingError: `benchmark` fits, so it meets the trainer's errors too.
+    run_cli(app, (BakeError, BundleError, EdgeBundleError, DataError, RecipeError, TrainingError, OSError))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from trainer.data.dataset import DataError, Dataset
 from trainer.data.layouts import discover
 from trainer.fit_target import NEEDS_DEFECTS, LabelledScores, target_threshold, threshold_target
 from trainer.metrics import f1_max, image_auroc, score_stats
-from trainer.models import REGISTRY
+from trainer.models import REGISTRY, Fittable, RecipeFields
 from trainer.models.prediction import Prediction
 from trainer.predict import (
     combine_frames,
@@ -102,7 +102,7 @@ def load_recipe(model: str, path: Path | None) -> Recipe:
         model_recipe = entry.recipe.model_validate(raw)
     except ValidationError as exc:
         raise _recipe_error(exc) from None
-    height, width = model_recipe.input_size
+    height, width = cast(RecipeFields, model_recipe).input_size
     try:
         geometry = Geometry.model_validate({**geometry_keys, "height": height, "width": width})
     except ValidationError as exc:
@@ -274,7 +274,7 @@ def fit(options: FitOptions) -> ModelManifest:
     torch.manual_seed(recipe.model.seed)
     model = REGISTRY[options.model].model(recipe.model).to(training_device(options.device))
     with tqdm(total=len(inputs) + len(val_inputs), desc=f"fitting {options.model}", unit="input") as bar:
-        result = model.fit(inputs, val_inputs, progress=bar.update)
+        result = cast(Fittable, model).fit(inputs, val_inputs, progress=bar.update)
     del inputs, val_inputs
     _warn_small_bank(result.summary, recipe.model, len(train_idx))
     model.cpu().eval()

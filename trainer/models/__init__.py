@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
+import numpy as np
 from pydantic import BaseModel
 from torch import nn
 
 from trainer.models.fastflow import FastFlow, FastFlowRecipe
+from trainer.models.fit_result import FitResult
 from trainer.models.patchcore import PatchCore, PatchCoreRecipe
 from trainer.models.simplenet import SimpleNet, SimpleNetRecipe
+
+
+class RecipeFields(Protocol):
+    """What `trainer fit` reads from every family's recipe."""
+
+    input_size: tuple[int, int]
+    seed: int
+
+
+class Fittable(Protocol):
+    """What `trainer fit` calls on every family's module."""
+
+    def fit(
+        self, train_images: np.ndarray, val_images: np.ndarray, progress: Callable[[int], None] | None = None
+    ) -> FitResult: ...
 
 
 @dataclass(frozen=True)
