@@ -133,8 +133,10 @@ def run_command(
     setup_logging(verbose, log_format)
     cfg = load_config(config)
     cam_cfg = cfg.camera(camera)
+    # This camera's settings for the first load and for every reload (SIGHUP, cmd/reload and its reload_dirs).
+    model_cfg = cfg.camera_model(camera)
     # Warmed up before READY, so the first real frame meets its deadline.
-    model = load_model(cfg.model.path, cfg.model)
+    model = load_model(model_cfg.path, model_cfg)
     version = model.info.version
     notifier = SystemdNotifier.from_environment()
     outbox = store_path(cfg.mqtt, camera)
@@ -189,10 +191,10 @@ def run_command(
             controller = Controller(
                 camera,
                 loop,
-                lambda path: load_model(path, cfg.model),
-                cfg.model.path,
+                lambda path: load_model(path, model_cfg),
+                model_cfg.path,
                 lambda event, details: publisher.publish_event(camera, event, details),
-                cfg.model.allowed_reload_dirs,
+                model_cfg.allowed_reload_dirs,
             )
             publisher.on_command(_command_handler(camera, controller, publisher))
             try:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from edge_agent.errors import AgentError
 
@@ -24,6 +24,7 @@ class FolderCameraConfig(Strict):
     fps: float | None = Field(default=None, gt=0, description="replay rate; None replays as fast as the loop runs")
     loop: bool = False
     queue_size: int = Field(default=4, ge=1)
+    model: ModelConfig | None = None  # this camera's own model section; unset: the top-level one
 
 
 class VideoCameraConfig(Strict):
@@ -34,6 +35,7 @@ class VideoCameraConfig(Strict):
     fps: float | None = Field(default=None, gt=0, description="replay rate; None replays as fast as the loop runs")
     loop: bool = False
     queue_size: int = Field(default=4, ge=1)
+    model: ModelConfig | None = None  # this camera's own model section; unset: the top-level one
 
 
 class RoiConfig(Strict):
@@ -65,6 +67,7 @@ class GenicamCameraConfig(Strict):
     buffer_count: int | None = Field(default=None, ge=1, description="frame buffers the producer fills")
     timeout_s: float = Field(default=2.0, gt=0)
     queue_size: int = Field(default=4, ge=1)
+    model: ModelConfig | None = None  # this camera's own model section; unset: the top-level one
 
     @model_validator(mode="after")
     def _known_pixel_format(self) -> GenicamCameraConfig:
@@ -178,7 +181,8 @@ class AgentConfig(Strict):
     version: Literal[1]
     station: str = Field(min_length=1)
     cameras: dict[str, CameraConfig] = Field(min_length=1)
-    model: ModelConfig
+    # Required unless every camera has a `model` of its own. Checked as a default too, so its absence is named.
+    model: ModelConfig | None = Field(default=None, validate_default=True)
     mqtt: MqttConfig = MqttConfig()
     reject: RejectConfig = RejectConfig()
     archive: ArchiveConfig = ArchiveConfig()
@@ -190,6 +194,32 @@ class AgentConfig(Strict):
         except KeyError:
             known = ", ".join(sorted(self.cameras))
             raise AgentError(f"unknown camera '{name}'; this config defines: {known}") from None
+
+    def camera_model(self, name: str) -> ModelConfig:
+        """The model settings camera `name` runs and reloads with: its own `model` section, else the top-level one."""
+        own = self.camera(name).model
+        if own is not None:
+            return own
+        if self.model is None:  # only a config built without validation gets here
+            raise AgentError(_missing_model([name]))
+        return self.model
+
+    @field_validator("model")
+    @classmethod
+    def _every_camera_has_a_model(cls, model: ModelConfig | None, info: ValidationInfo) -> ModelConfig | None:
+        # Cameras that failed validation are absent here, and already reported.
+        cameras: dict[str, CameraConfig] = info.data.get("cameras", {})
+        without = [name for name, camera in cameras.items() if camera.model is None]
+        if model is None and without:
+            raise ValueError(_missing_model(without))
+        return model
+
+
+def _missing_model(cameras: list[str]) -> str:
+    return (
+        f"required, as camera(s) {', '.join(cameras)} have no 'model' of their own; add the top-level 'model' "
+        "section (for every camera without one), or a 'model' section under each of those cameras"
+    )
 
 
 def _describe(exc: ValidationError) -> str:
@@ -229,6 +259,26 @@ def _resolve_mqtt(mqtt: MqttConfig, base: Path) -> MqttConfig:
     )
 
 
+def _resolve_model(model: ModelConfig, base: Path) -> ModelConfig:
+    return model.model_copy(
+        update={
+            "path": _resolve(model.path, base),
+            "cache_dir": _maybe(model.cache_dir, base),
+            "hmac_key_file": _maybe(model.hmac_key_file, base),
+            "reload_dirs": None if model.reload_dirs is None else [_resolve(d, base) for d in model.reload_dirs],
+        }
+    )
+
+
+def _resolve_camera(camera: CameraConfig, base: Path) -> CameraConfig:
+    update: dict[str, object] = {}
+    if isinstance(camera, FolderCameraConfig | VideoCameraConfig):
+        update["path"] = _resolve(camera.path, base)
+    if camera.model is not None:
+        update["model"] = _resolve_model(camera.model, base)
+    return camera.model_copy(update=update)
+
+
 def load_config(path: Path) -> AgentConfig:
     """Read and validate; relative paths in the file are taken relative to the file's folder."""
     if not path.is_file():
@@ -246,25 +296,10 @@ def load_config(path: Path) -> AgentConfig:
     except ValidationError as exc:
         raise AgentError(f"config {path}: {_describe(exc)}") from None
     base = path.resolve().parent
-    cameras = {
-        name: cam.model_copy(update={"path": _resolve(cam.path, base)})
-        if isinstance(cam, FolderCameraConfig | VideoCameraConfig)
-        else cam
-        for name, cam in cfg.cameras.items()
-    }
     return cfg.model_copy(
         update={
-            "cameras": cameras,
-            "model": cfg.model.model_copy(
-                update={
-                    "path": _resolve(cfg.model.path, base),
-                    "cache_dir": _maybe(cfg.model.cache_dir, base),
-                    "hmac_key_file": _maybe(cfg.model.hmac_key_file, base),
-                    "reload_dirs": None
-                    if cfg.model.reload_dirs is None
-                    else [_resolve(d, base) for d in cfg.model.reload_dirs],
-                }
-            ),
+            "cameras": {name: _resolve_camera(cam, base) for name, cam in cfg.cameras.items()},
+            "model": None if cfg.model is None else _resolve_model(cfg.model, base),
             "mqtt": _resolve_mqtt(cfg.mqtt, base),
             "archive": cfg.archive.model_copy(update={"path": _resolve(cfg.archive.path, base)}),
         }

@@ -18,7 +18,14 @@ install -d -m 0755 /etc/edge-agent
 [ -f /etc/edge-agent/agent.env ] || echo "EDGE_AGENT_CAMERA=gige0" > /etc/edge-agent/agent.env
 install -d -o edge-agent -g edge-agent /var/lib/edge-agent/models
 
-install -m 0644 "$here/systemd/edge-agent.service" /etc/systemd/system/edge-agent.service
+# Both units: edge-agent.service for the camera named in agent.env, edge-agent@<camera>.service for one instance
+# per camera of agent.yaml. Same sandbox (tests/edge_agent/test_systemd.py holds them equal).
+for unit in edge-agent.service edge-agent@.service; do
+  install -m 0644 "$here/systemd/$unit" "/etc/systemd/system/$unit"
+done
 systemctl daemon-reload
 echo "installed. Next: copy an edge bundle to /var/lib/edge-agent/models/<name>, set model.path and the MQTT"
-echo "broker in /etc/edge-agent/agent.yaml, then: systemctl enable --now edge-agent && journalctl -fu edge-agent"
+echo "broker in /etc/edge-agent/agent.yaml, then, for the camera named in /etc/edge-agent/agent.env:"
+echo "  systemctl enable --now edge-agent && journalctl -fu edge-agent"
+echo "or one service per camera of agent.yaml (instead of edge-agent.service, never beside it for the same camera):"
+echo "  systemctl enable --now edge-agent@gige0 edge-agent@gige1 && journalctl -fu 'edge-agent@*'"

@@ -52,7 +52,7 @@ def test_design_minimal_config_loads_as_written(tmp_path: Path) -> None:
     assert (cfg.mqtt.topic_prefix, cfg.reject.deadline_ms) == ("inspect", 100)
 
 
-@pytest.mark.parametrize("name", ["agent.yaml", "factory.yaml"])
+@pytest.mark.parametrize("name", ["agent.yaml", "factory.yaml", "two-cameras.yaml"])
 def test_example_configs_in_repo_load(name: str) -> None:
     cfg = load_config(REPO / "configs" / name)
     assert isinstance(cfg.camera("gige0"), GenicamCameraConfig)
@@ -150,6 +150,82 @@ def test_unknown_camera_lists_known_ones(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, DESIGN_MINIMAL))
     with pytest.raises(AgentError, match="unknown camera 'cam9'; this config defines: cam0, gige0"):
         cfg.camera("cam9")
+
+
+GIGE0_OWN_MODEL = """\
+    trigger: free-run   # free-run | software | hardware
+    model:
+      path: models/gige0
+      device: GPU
+      reload_dirs: [models]
+      cache_dir: cache
+"""
+
+
+def test_a_camera_model_replaces_the_top_level_one_for_that_camera_only(tmp_path: Path) -> None:
+    text = DESIGN_MINIMAL.replace(
+        "    trigger: free-run   # free-run | software | hardware\n", GIGE0_OWN_MODEL
+    ).replace("  device: CPU           # CPU | GPU | AUTO (OpenVINO)", "  device: CPU\n  hmac_key_file: bundle.key")
+    cfg = load_config(write(tmp_path, text))
+    own, shared = cfg.camera_model("gige0"), cfg.camera_model("cam0")
+    assert shared == cfg.model and shared.path == Path("/var/lib/edge-agent/models/press2")
+    # Relative to the config's folder, like the top-level section's paths.
+    assert (own.path, own.device, own.cache_dir) == (tmp_path / "models" / "gige0", "GPU", tmp_path / "cache")
+    assert own.allowed_reload_dirs == [tmp_path / "models"]
+    # Replaced, not merged: a key the camera's section leaves out takes its default, not the top-level value.
+    assert shared.hmac_key_file == tmp_path / "bundle.key" and own.hmac_key_file is None
+    assert own.runtime is None
+
+
+def test_top_level_model_may_go_when_every_camera_has_its_own(tmp_path: Path) -> None:
+    text = (
+        "version: 1\nstation: s1\ncameras:\n"
+        "  left: {source: genicam, device: 0, model: {path: /models/left}}\n"
+        "  right: {source: folder, path: replay, model: {path: right}}\n"
+    )
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.model is None
+    assert cfg.camera_model("left").path == Path("/models/left")
+    assert cfg.camera_model("right").path == tmp_path / "right"
+
+
+@pytest.mark.parametrize(
+    ("cameras", "message"),
+    [
+        # As before per-camera models: no model anywhere.
+        ("  cam0: {source: folder, path: r}\n  gige0: {source: genicam}\n", "camera\\(s\\) cam0, gige0 have"),
+        (
+            "  cam0: {source: folder, path: r, model: {path: m}}\n  gige0: {source: genicam}\n",
+            "camera\\(s\\) gige0 have",
+        ),
+    ],
+)
+def test_a_camera_without_any_model_is_named(tmp_path: Path, cameras: str, message: str) -> None:
+    with pytest.raises(AgentError, match=f"field 'model': .*{message} no 'model' of their own; add the top-level"):
+        load_config(write(tmp_path, f"version: 1\nstation: s1\ncameras:\n{cameras}"))
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("{path: m, pth: x}", "unknown field 'cameras.gige0.model.pth'"),
+        ("{path: m, device: TPU}", "field 'cameras.gige0.model.device'"),
+    ],
+)
+def test_bad_camera_model_fields_are_named(tmp_path: Path, model: str, message: str) -> None:
+    text = DESIGN_MINIMAL.replace("    device: 0   ", f"    model: {model}\n    device: 0   ")
+    with pytest.raises(AgentError, match=message):
+        load_config(write(tmp_path, text))
+
+
+def test_the_two_camera_example_gives_each_camera_its_own_device_and_model() -> None:
+    cfg = load_config(REPO / "configs" / "two-cameras.yaml")
+    cameras = [cfg.camera(name) for name in ("gige0", "gige1")]
+    assert [(c.source, c.cti, c.device) for c in cameras if isinstance(c, GenicamCameraConfig)] == [
+        ("genicam", "viky", 0),
+        ("genicam", "viky", 1),
+    ]
+    assert cfg.camera_model("gige0").path != cfg.camera_model("gige1").path
 
 
 def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
