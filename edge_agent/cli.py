@@ -237,7 +237,8 @@ def predict_command(
     source: Annotated[Path, typer.Argument(metavar="FOLDER|IMAGE|VIDEO", help="images (sorted by name) or a video")],
     model: Annotated[Path, typer.Option(help="edge bundle directory (the output of converter bake)")],
     out: Annotated[
-        Path | None, typer.Option(help="new or empty folder for the results [default: SOURCE-predictions beside it]")
+        Path | None,
+        typer.Option(help="new or empty folder for the results", show_default="SOURCE-predictions, beside SOURCE"),
     ] = None,
     # Plain strs checked by predict, not typer choices: a bad value is then one `error:` line, exit 2.
     overlays: Annotated[
@@ -245,7 +246,7 @@ def predict_command(
     ] = "rejects",
     recursive: Annotated[bool, typer.Option("--recursive", help="also judge the images in subfolders")] = False,
     runtime: Annotated[
-        str | None, typer.Option(metavar="openvino|onnxruntime", help="[default: the one the bundle was baked for]")
+        str | None, typer.Option(metavar="openvino|onnxruntime", show_default="the one the bundle was baked for")
     ] = None,
     device: Annotated[str, typer.Option(metavar="CPU|GPU|AUTO", help="OpenVINO device")] = "CPU",
     hmac_key_file: Annotated[
@@ -255,11 +256,13 @@ def predict_command(
 ) -> None:
     """Judge image files or a video's frames as `run` judges camera frames: no camera, no broker.
 
-    Writes predictions.csv (file, score, threshold, verdict, regions as in the MQTT verdict, error, overlay) and
-    heatmap overlay PNGs, then prints the counts, the score range against the threshold and the time per image.
-    A file that cannot be read gets an `error` row and a warning; the run goes on and exits 0.
+    Writes predictions.csv (file, score, threshold, verdict, regions, error, overlay; the regions as the MQTT
+    verdict carries them) and heatmap overlay PNGs. Then prints the counts, the scores against the threshold,
+    and the time per image.
 
-    Example: edge-agent predict datasets/press2/test --recursive --model edge/press2 --out check/press2
+    A file that cannot be read gets an `error` row and a warning; the run goes on, and exits 0.
+
+    Example: edge-agent predict images/press2 --model edge/press2 --recursive
 
     Example: edge-agent predict line3.mp4 --model edge/press2 --overlays all
     """
