@@ -39,6 +39,7 @@ from edge_agent.metrics import (
     MetricsServer,
 )
 from edge_agent.model import load_model
+from edge_agent.predict import OVERLAY_CHOICES, model_config, predict
 from edge_agent.publish.mqtt import CommandHandler, MqttPublisher
 from edge_agent.publish.store import SqliteStore, store_path
 from edge_agent.run_summary import RunSummary
@@ -231,6 +232,46 @@ def run_command(
             err=True,
         )
         raise typer.Exit(UNDELIVERED_EXIT)
+
+
+@app.command("predict")
+def predict_command(
+    source: Annotated[Path, typer.Argument(metavar="FOLDER|IMAGE|VIDEO", help="images (sorted by name) or a video")],
+    model: Annotated[Path, typer.Option(help="edge bundle directory (the output of converter bake)")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="new or empty folder for the results", show_default="SOURCE-predictions, beside SOURCE"),
+    ] = None,
+    # Plain strs checked by predict, not typer choices: a bad value is then one `error:` line, exit 2.
+    overlays: Annotated[
+        str, typer.Option(metavar="|".join(OVERLAY_CHOICES), help="which pictures get a heatmap overlay PNG")
+    ] = "rejects",
+    recursive: Annotated[bool, typer.Option("--recursive", help="also judge the images in subfolders")] = False,
+    runtime: Annotated[
+        str | None, typer.Option(metavar="openvino|onnxruntime", show_default="the one the bundle was baked for")
+    ] = None,
+    device: Annotated[str, typer.Option(metavar="CPU|GPU|AUTO", help="OpenVINO device")] = "CPU",
+    hmac_key_file: Annotated[
+        Path | None, typer.Option(help="the key a signed bundle needs (converter bake --sign-key)")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+) -> None:
+    """Judge image files or a video's frames as `run` judges camera frames: no camera, no broker.
+
+    Writes predictions.csv (file, score, threshold, verdict, regions, error, overlay; the regions as the MQTT
+    verdict carries them) and heatmap overlay PNGs. Then prints the counts, the scores against the threshold,
+    and the time per image.
+
+    A file that cannot be read gets an `error` row and a warning; the run goes on, and exits 0.
+
+    Example: edge-agent predict images/press2 --model edge/press2 --recursive
+
+    Example: edge-agent predict line3.mp4 --model edge/press2 --overlays all
+    """
+    setup_logging(verbose)
+    summary = predict(source, model_config(model, runtime, device, hmac_key_file), out, overlays, recursive)
+    for line in summary.lines():
+        typer.echo(line)
 
 
 def main() -> None:

@@ -15,8 +15,10 @@ class ImageReadError(Exception):
     pass
 
 
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def list_images(folder: Path, recursive: bool = False) -> list[Path]:
+    """The image files in `folder` (and its subfolders, with `recursive`), sorted by path."""
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def read_image(path: Path) -> np.ndarray:
