@@ -21,7 +21,6 @@ class PlcFanout:
         self._outputs = list(outputs)
         self._started: list[PlcOutput] = []
         self._failures = LogThrottle(FAILURE_LOG_INTERVAL_S)  # the inspection thread's only
-        self.failed = 0  # verdicts some output could not take
 
     @property
     def name(self) -> str:
@@ -42,7 +41,6 @@ class PlcFanout:
             try:
                 output.publish(verdict)
             except Exception as exc:  # the other outputs, and the loop, go on
-                self.failed += 1
                 admitted = self._failures.admit(output.name)
                 if admitted is not None:
                     more = f" ({admitted.held_back} more since the last such line)" if admitted.held_back else ""

@@ -21,7 +21,7 @@ from asyncua.ua.attribute_ids import AttributeIds
 
 from edge_agent.config import OpcUaConfig
 from edge_agent.log_throttle import LogThrottle
-from edge_agent.plc.base import PlcError, check_listen
+from edge_agent.plc.base import PlcError, check_listen, listen_error
 from edge_agent.plc.board import NO_RESULT_CODE, BoardState, ResultBoard
 from edge_agent.plc.loop_thread import LoopThread
 from edge_agent.verdict import Verdict
@@ -112,7 +112,7 @@ class OpcUaOutput:
         self._server: Server | None = None
         self._nodes: dict[str, ua.NodeId] = {}
         self._written: dict[str, Value] = {}
-        self._wake: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None  # set to have `_sync` write what changed
         self._sync_task: asyncio.Task[None] | None = None
         self._sync_errors = LogThrottle(SYNC_ERROR_LOG_INTERVAL_S)
 
@@ -131,9 +131,11 @@ class OpcUaOutput:
         self._thread = LoopThread("plc-opcua")
         try:
             self._thread.run(self._serve(), START_TIMEOUT_S)
-        except (PlcError, TimeoutError) as exc:
+        except (PlcError, TimeoutError, OSError) as exc:
             self._thread.close(STOP_TIMEOUT_S)
             self._thread = None
+            if isinstance(exc, OSError):  # the port was taken in the moment since the check
+                raise listen_error("OPC UA server", self._config.host, self._config.port, "plc.opcua", exc) from None
             raise PlcError(str(exc)) from None
         log.info("PLC output: %s, namespace %s, object %s", self.name, NAMESPACE_URI, self._camera)
 
@@ -185,11 +187,13 @@ class OpcUaOutput:
         await server.start()
         self._server = server
         self._wake = asyncio.Event()
-        self._sync_task = asyncio.create_task(self._sync())
+        self._sync_task = asyncio.create_task(self._sync(server, self._wake))
 
     async def _shutdown(self) -> None:
         if self._sync_task is not None:
             self._sync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync_task
         if self._server is not None:
             await self._server.stop()
 
@@ -201,21 +205,20 @@ class OpcUaOutput:
             self._written.pop(ACK, None)  # so `_sync` sets it back to false
             self._wake_up()
 
-    async def _sync(self) -> None:
+    async def _sync(self, server: Server, wake: asyncio.Event) -> None:
         """Write what changed on the board, whenever a verdict or an ack wakes this up, or at the latest when
         reject_pulse ends or trigger_ready may have changed."""
-        assert self._wake is not None and self._server is not None
         while True:
-            self._wake.clear()
+            wake.clear()
             try:
-                await self._write_changes(self._server)
+                await self._write_changes(server)
             except Exception as exc:  # the next verdict must still get through: log, keep serving
                 if self._sync_errors.admit(type(exc).__name__) is not None:
                     log.error("%s: could not update the variables: %s", self.name, exc)
             pulse_left = self._board.pulse_left_s()
             timeout = min(READY_POLL_S, pulse_left) if pulse_left > 0 else READY_POLL_S
             with contextlib.suppress(asyncio.TimeoutError):  # not the builtin before Python 3.11
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                await asyncio.wait_for(wake.wait(), timeout)
 
     async def _write_changes(self, server: Server) -> None:
         for name, value in node_values(self._board.state()).items():
