@@ -39,6 +39,7 @@ from edge_agent.metrics import (
     MetricsServer,
 )
 from edge_agent.model import load_model
+from edge_agent.plc import make_plc_output
 from edge_agent.predict import OVERLAY_CHOICES, model_config, predict
 from edge_agent.publish.mqtt import CommandHandler, MqttPublisher
 from edge_agent.publish.store import SqliteStore, store_path
@@ -186,8 +187,19 @@ def run_command(
                     metrics.watch(ARCHIVE_DROPPED, camera, lambda: archive.dropped)
                     metrics.watch(ARCHIVE_FAILED, camera, lambda: archive.failed)
                 metrics.watch(MQTT_CONNECTED, camera, lambda: publisher.connected)
+            # `loop` is read only once the PLC servers are started, below, where it exists.
+            plc = make_plc_output(cfg, camera, ready=lambda: loop.ready)
             loop = InspectionLoop(
-                cam, model.runtime, publisher, model.info, options, archive, metrics, notifier, frame_ids=frame_ids
+                cam,
+                model.runtime,
+                publisher,
+                model.info,
+                options,
+                archive,
+                metrics,
+                notifier,
+                frame_ids=frame_ids,
+                plc=plc,
             )
             controller = Controller(
                 camera,
@@ -204,6 +216,8 @@ def run_command(
                     port = cfg.metrics.port + list(cfg.cameras).index(camera)
                     server = MetricsServer(metrics, cfg.metrics.host, port)
                     log.info("metrics on http://%s:%d/metrics and /healthz", cfg.metrics.host, server.port)
+                if plc is not None:
+                    plc.start()
                 controller.start()
                 _install_signal_handlers(stop, controller)
                 publisher.start()
@@ -216,6 +230,8 @@ def run_command(
             finally:
                 notifier.stopping()
                 controller.stop()
+                if plc is not None:
+                    plc.stop()
                 if server is not None:
                     server.stop()
                 cam.close()

@@ -177,6 +177,33 @@ class MetricsConfig(Strict):
     health_timeout_s: float = Field(default=10.0, gt=0, description="/healthz fails after this long without a frame")
 
 
+class OpcUaConfig(Strict):
+    """An OPC UA server (no security, anonymous): bind it to loopback or the PLC network's interface only."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=4840, ge=1, le=65535)  # camera N of the config serves on port + N
+
+
+class ModbusConfig(Strict):
+    """A Modbus TCP server (no authentication): bind it to loopback or the PLC network's interface only."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    # Not 502: ports below 1024 need CAP_NET_BIND_SERVICE, which the systemd unit does not grant.
+    port: int = Field(default=5020, ge=1, le=65535)  # camera N of the config serves on port + N
+    unit_id: int = Field(default=1, ge=1, le=255)  # 0 is Modbus broadcast, never answered
+
+
+class PlcConfig(Strict):
+    """Servers a PLC reads the camera's last result from, beside MQTT (README: PLC outputs)."""
+
+    opcua: OpcUaConfig = OpcUaConfig()
+    modbus: ModbusConfig = ModbusConfig()
+    # How long reject_pulse stays on after a reject: long enough for a PLC polling every 100 ms to see it.
+    reject_pulse_ms: float = Field(default=250.0, gt=0)
+
+
 class AgentConfig(Strict):
     version: Literal[1]
     station: str = Field(min_length=1)
@@ -187,6 +214,7 @@ class AgentConfig(Strict):
     reject: RejectConfig = RejectConfig()
     archive: ArchiveConfig = ArchiveConfig()
     metrics: MetricsConfig = MetricsConfig()
+    plc: PlcConfig = PlcConfig()
 
     def camera(self, name: str) -> CameraConfig:
         try:
@@ -194,6 +222,10 @@ class AgentConfig(Strict):
         except KeyError:
             known = ", ".join(sorted(self.cameras))
             raise AgentError(f"unknown camera '{name}'; this config defines: {known}") from None
+
+    def camera_index(self, name: str) -> int:
+        """Camera `name`'s place in the config (0-based): each camera's process serves on a base port + this."""
+        return list(self.cameras).index(name)
 
     def camera_model(self, name: str) -> ModelConfig:
         """The model settings camera `name` runs and reloads with: its own `model` section, else the top-level one."""

@@ -25,6 +25,7 @@ from edge_agent.log_throttle import LogThrottle
 from edge_agent.loop_options import LoopOptions as LoopOptions  # callers import it from here too
 from edge_agent.metrics import CAMERA_CONNECTED, DROPPED, MISSED_WITHOUT_VERDICT, Metrics
 from edge_agent.model import LoadedModel, ModelInfo
+from edge_agent.plc.base import PlcOutput
 from edge_agent.preprocess import to_uint8_rgb
 from edge_agent.publish.base import Publisher
 from edge_agent.regions import find_regions
@@ -57,8 +58,10 @@ class InspectionLoop:
         watchdog: SystemdNotifier | None = None,
         *,
         frame_ids: FrameIds | None = None,  # renumbers frames, across restarts; None: the camera's own count
+        plc: PlcOutput | None = None,  # gets every verdict the publisher gets, after it
     ) -> None:
         self.camera = camera
+        self.plc = plc
         self._frame_ids = frame_ids
         self.publisher = publisher
         self.options = options
@@ -78,12 +81,18 @@ class InspectionLoop:
         self._paused = threading.Event()
         # Set by the inference thread while it judges a frame; read by the acquisition thread's liveness tick.
         self._judging = False
+        self._inspecting = False  # from the start of `run` until its last frame is judged
         self._error_log = LogThrottle(ERROR_LOG_INTERVAL_S)  # the inference thread's only
         self._accounting = Accounting(camera.name, publisher, self.summary, options, metrics, self._event)
         if metrics is not None:
             metrics.watch(DROPPED, camera.name, lambda: self._queue.dropped)
             metrics.watch(MISSED_WITHOUT_VERDICT, camera.name, self._missed_without_verdict)
             metrics.watch(CAMERA_CONNECTED, camera.name, lambda: self._camera_connected)
+
+    @property
+    def ready(self) -> bool:
+        """Ready for the next part (a PLC's trigger_ready): running, the camera delivering, not paused."""
+        return self._inspecting and self._camera_connected and not self._paused.is_set()
 
     @property
     def model_version(self) -> str:
@@ -116,11 +125,12 @@ class InspectionLoop:
         everything in flight and return the counts."""
         acquisition = threading.Thread(target=self._acquire, args=(stop,), name="acquisition", daemon=True)
         acquisition.start()
+        self._inspecting = True
         next_stats = time.monotonic() + self.options.stats_interval_s
         while not self._queue.finished:
             item = self._queue.get(QUEUE_POLL_S)
             if isinstance(item, Missed):
-                self._accounting.answer(item, self._model.info)
+                self._to_plc(self._accounting.answer(item, self._model.info))
             elif item is not None:
                 self._judging = True
                 self._handle(item)
@@ -128,6 +138,7 @@ class InspectionLoop:
             if time.monotonic() >= next_stats:
                 self._publish_stats()
                 next_stats = time.monotonic() + self.options.stats_interval_s
+        self._inspecting = False
         acquisition.join()
         self.summary.dropped = self._queue.dropped
         self.summary.missed_without_verdict = self._missed_without_verdict()
@@ -228,7 +239,7 @@ class InspectionLoop:
         paused = self._paused.is_set()
         if paused:
             # The line still gets an answer for the part; a snapshot's own verdict is for the archive only.
-            self._accounting.answer(missed(frame, REASON_PAUSED), self._model.info)
+            self._to_plc(self._accounting.answer(missed(frame, REASON_PAUSED), self._model.info))
         if paused and snapshot is None:
             self.summary.paused += 1
             # Paused on purpose is not hung: keep systemd's watchdog fed.
@@ -289,6 +300,7 @@ class InspectionLoop:
         t4 = time.monotonic()
         if publish:
             self.publisher.publish(verdict)
+            self._to_plc(verdict)
         t5 = time.monotonic()
         seconds = {
             "acquire": t0 - frame.captured_mono,
@@ -303,6 +315,10 @@ class InspectionLoop:
             self._snapshot(verdict, frame, result, info, snapshot, unreadable)
         elif publish and unreadable is None and self.archive is not None and self.archive.wants(verdict):
             self.archive.submit(_archive_item(verdict, frame, result, info))
+
+    def _to_plc(self, verdict: Verdict) -> None:
+        if self.plc is not None:
+            self.plc.publish(verdict)
 
     def _log_error(self, frame: Frame, error: str) -> None:
         """An ERROR line for the first frame failing with each kind of error, then at most one per interval;

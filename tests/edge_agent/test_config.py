@@ -233,3 +233,24 @@ def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
         load_config(write(tmp_path, "version: 1\nstation: [unclosed\n"))
     with pytest.raises(AgentError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_plc_outputs_are_off_and_on_loopback_by_default(tmp_path: Path) -> None:
+    plc = load_config(write(tmp_path, DESIGN_MINIMAL)).plc
+    assert not plc.opcua.enabled and not plc.modbus.enabled
+    assert (plc.opcua.host, plc.opcua.port, plc.modbus.host, plc.modbus.port) == ("127.0.0.1", 4840, "127.0.0.1", 5020)
+
+
+@pytest.mark.parametrize(
+    ("plc", "message"),
+    [
+        ("  modbus: {enabled: true, unti_id: 2}", "unknown field 'plc.modbus.unti_id'"),
+        ("  modbus: {unit_id: 0}", "field 'plc.modbus.unit_id'"),
+        ("  opcua: {port: 70000}", "field 'plc.opcua.port'"),
+        ("  reject_pulse_ms: 0", "field 'plc.reject_pulse_ms'"),
+        ("  profinet: {enabled: true}", "unknown field 'plc.profinet'"),
+    ],
+)
+def test_bad_plc_fields_are_named(tmp_path: Path, plc: str, message: str) -> None:
+    with pytest.raises(AgentError, match=message):
+        load_config(write(tmp_path, f"{DESIGN_MINIMAL}plc:\n{plc}\n"))
