@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import signal
@@ -23,6 +24,7 @@ from edge_agent.config import (
 )
 from edge_agent.console import run_cli, setup_logging
 from edge_agent.control import Command, CommandError, Controller, parse_command
+from edge_agent.drift_watch import DriftWatch
 from edge_agent.errors import AgentError, CameraUnavailable
 from edge_agent.frame_ids import FrameIds, frame_ids_path
 from edge_agent.logs import DEFAULT_LOG_FORMAT, LOG_FORMATS
@@ -183,8 +185,19 @@ def run_command(
                     metrics.watch(ARCHIVE_DROPPED, camera, lambda: archive.dropped)
                     metrics.watch(ARCHIVE_FAILED, camera, lambda: archive.failed)
                 metrics.watch(MQTT_CONNECTED, camera, lambda: publisher.connected)
+            events = functools.partial(publisher.publish_event, camera)
+            drift = DriftWatch(camera, cfg.drift, events, metrics) if cfg.drift.enabled else None
             loop = InspectionLoop(
-                cam, model.runtime, publisher, model.info, options, archive, metrics, notifier, frame_ids=frame_ids
+                cam,
+                model.runtime,
+                publisher,
+                model.info,
+                options,
+                archive,
+                metrics,
+                notifier,
+                frame_ids=frame_ids,
+                drift=drift,
             )
             controller = Controller(
                 camera,
