@@ -3,7 +3,9 @@ second, with the agent's own detector (edge_agent.drift) and the config's defaul
 
     .venv/bin/python bench/drift.py --data elpv-mono --seed 0
 
-    .venv/bin/python bench/drift.py --bundle edge/press2 --hours 50 --alpha 0.0001
+    .venv/bin/python bench/drift.py --data elpv-poly --alpha 0.001,0.05 --breaches 1,3 --hours 10 --trials 10
+
+    .venv/bin/python bench/drift.py --bundle edge/press2 --hours 50
 
 `--data` fits the default PatchCore on a data set of bench/accuracy.py, bakes it (OpenVINO fp32) and reads the
 score reference the bake wrote (the validation images through the baked graph), then scores the data set's
@@ -47,11 +49,11 @@ HOUR_S = 3600
 FRAMES_PER_PART = 5  # the free-running camera's replay
 JITTER_SD = 0.05  # frame-to-frame noise of one part's score, in reference standard deviations
 NORMAL_DEFECT_SHARE = 0.02
-HIGH_DEFECT_SHARE = 0.2
+HIGH_DEFECT_SHARES = (0.2, 0.4)
 MAX_DELAY_S = 600  # a shift not alarmed within this long counts as missed; a return not cleared, as never cleared
 SHIFTS_SD = (0.25, 0.5, 1.0, 2.0)
 GAINS = (1.1, 1.25)
-SPREADS = (1.5,)
+SPREADS = (1.5, 2.0)
 # Silverman's rule of thumb for the smoothed bootstrap's kernel width.
 SILVERMAN = 0.9
 IQR_TO_SD = 1.34
@@ -117,9 +119,15 @@ def smoothed(scores: np.ndarray) -> Draw:
     return lambda rng, n: rng.choice(scores, n) + rng.normal(0, width, n)
 
 
-def alarms(reference: np.ndarray, stream: np.ndarray, config: DriftConfig) -> int:
+def alarms(reference: np.ndarray, stream: np.ndarray, config: DriftConfig) -> tuple[int, float]:
+    """Alarms raised, and the highest statistic / critical value of any check."""
     detector = DriftDetector(reference, config)
-    return sum(detector.observe(float(s)) == "alarm" for s in stream)
+    raised, peak = 0, 0.0
+    for s in stream:
+        raised += detector.observe(float(s)) == "alarm"
+        if detector.last is not None:
+            peak = max(peak, detector.last.statistic / detector.last.critical)
+    return raised, peak
 
 
 def stationary_rows(scores: Scores, config: DriftConfig, hours: float, rng: np.random.Generator) -> list[str]:
@@ -136,26 +144,27 @@ def stationary_rows(scores: Scores, config: DriftConfig, hours: float, rng: np.r
         replays.append((share, mixed(ref, scores.defects, NORMAL_DEFECT_SHARE)))
     rows = []
     for name, draw in replays:
-        count = alarms(ref, draw(rng, frames), config)
-        rows.append(f"| {name} | {hours:g} | {count} | {count / hours:.2f} |")
+        count, peak = alarms(ref, draw(rng, frames), config)
+        rows.append(f"| {name} | {hours:g} | {count} | {count / hours:.2f} | {peak:.2f} |")
     # A new reference for each hour: the false alarms a line can expect from a bake, not from this one bake.
     truth = smoothed(ref)
     runs = max(1, round(hours))
-    counts = [alarms(truth(rng, len(ref)), truth(rng, HOUR_S * FPS), config) for _ in range(runs)]
-    name = f"new reference each hour ({sum(c > 0 for c in counts)} of {runs} had an alarm)"
-    rows.append(f"| {name} | {runs} | {sum(counts)} | {sum(counts) / runs:.2f} |")
+    results = [alarms(truth(rng, len(ref)), truth(rng, HOUR_S * FPS), config) for _ in range(runs)]
+    count, peak = sum(c for c, _ in results), max(p for _, p in results)
+    name = f"new reference each hour ({sum(c > 0 for c, _ in results)} of {runs} had an alarm)"
+    rows.append(f"| {name} | {runs} | {count} | {count / runs:.2f} | {peak:.2f} |")
     return rows
 
 
 def delays(
-    reference: np.ndarray, shift: Callable[[np.ndarray], np.ndarray], config: DriftConfig, rng: np.random.Generator
+    reference: np.ndarray, shifted: Draw, config: DriftConfig, rng: np.random.Generator
 ) -> tuple[int | None, int | None]:
     """Frames from the shift to the alarm, and from the return to the clear (None: not within MAX_DELAY_S)."""
     detector = DriftDetector(reference, config)
     for s in rng.choice(reference, config.window + int(rng.integers(config.check_every))):
         detector.observe(float(s))
     limit = MAX_DELAY_S * FPS
-    raised = _frames_until(detector, shift(rng.choice(reference, limit)), "alarm")
+    raised = _frames_until(detector, shifted(rng, limit), "alarm")
     if raised is None:
         return None, None
     return raised, _frames_until(detector, rng.choice(reference, limit), "clear")
@@ -171,24 +180,17 @@ def _frames_until(detector: DriftDetector, stream: np.ndarray, change: str) -> i
 def shifted_rows(scores: Scores, config: DriftConfig, trials: int, rng: np.random.Generator) -> list[str]:
     ref = scores.reference
     sd, median = float(ref.std()), float(np.median(ref))
-    shifts: list[tuple[str, Callable[[np.ndarray], np.ndarray]]] = [
-        *((f"+{k:g} sd", lambda s, k=k: s + k * sd) for k in SHIFTS_SD),
-        *((f"gain x{g:g}", lambda s, g=g: s * g) for g in GAINS),
-        *((f"spread x{w:g} about the median", lambda s, w=w: median + (s - median) * w) for w in SPREADS),
+    draw = bootstrap(ref)
+    shifts: list[tuple[str, Draw]] = [
+        *((f"+{k:g} sd", lambda g, n, k=k: draw(g, n) + k * sd) for k in SHIFTS_SD),
+        *((f"gain x{k:g}", lambda g, n, k=k: draw(g, n) * k) for k in GAINS),
+        *((f"spread x{k:g} about the median", lambda g, n, k=k: median + (draw(g, n) - median) * k) for k in SPREADS),
     ]
     if scores.defects is not None:
-        defects = scores.defects
-
-        def more_defects(s: np.ndarray) -> np.ndarray:
-            out = s.copy()
-            is_defect = rng.random(len(s)) < HIGH_DEFECT_SHARE
-            out[is_defect] = rng.choice(defects, int(is_defect.sum()))
-            return out
-
-        shifts.append((f"{HIGH_DEFECT_SHARE:.0%} defects", more_defects))
+        shifts += [(f"{share:.0%} defects", mixed(ref, scores.defects, share)) for share in HIGH_DEFECT_SHARES]
     rows = []
-    for name, shift in shifts:
-        results = [delays(ref, shift, config, rng) for _ in range(trials)]
+    for name, shifted in shifts:
+        results = [delays(ref, shifted, config, rng) for _ in range(trials)]
         raised = np.array([r for r, _ in results if r is not None]) / FPS
         cleared = np.array([c for _, c in results if c is not None]) / FPS
         rows.append(
@@ -202,6 +204,33 @@ def _seconds(values: np.ndarray, percent: int) -> str:
     return f"{np.percentile(values, percent):.0f}" if len(values) else "-"
 
 
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def report(name: str, scores: Scores, config: DriftConfig, args: argparse.Namespace) -> None:
+    ref = scores.reference
+    rng = np.random.default_rng(args.seed)  # the same replays for every config
+    critical = ks_critical(config.alpha, config.window, len(ref))
+    print(
+        f"\n{name}: reference of {len(ref)} scores (median {np.median(ref):.4g}, sd {ref.std():.4g}); window "
+        f"{config.window}, a check every {config.check_every} frames, alpha {config.alpha:g}, {config.breaches} "
+        f"consecutive breaches; critical value {critical:.3f} for a window of independent scores; {FPS} frames a "
+        "second\n"
+    )
+    print("| stationary replay | hours | alarms | false alarms per hour | highest statistic / critical value |")
+    print("|---|---:|---:|---:|---:|")
+    print("\n".join(stationary_rows(scores, config, args.hours, rng)))
+    shifted = "alarmed within 10 min | median delay s | p90 delay s | cleared after return | median clear s"
+    print(f"\n| shifted replay | {shifted} |")
+    print("|---|---:|---:|---:|---:|---:|")
+    print("\n".join(shifted_rows(scores, config, args.trials, rng)), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -213,32 +242,22 @@ def main() -> None:
     defaults = DriftConfig()
     parser.add_argument("--window", type=int, default=defaults.window)
     parser.add_argument("--check-every", type=int, default=defaults.check_every)
-    parser.add_argument("--alpha", type=float, default=defaults.alpha)
-    parser.add_argument("--breaches", type=int, default=defaults.breaches)
+    parser.add_argument("--alpha", type=_floats, default=[defaults.alpha], help="one or more, comma-separated")
+    parser.add_argument("--breaches", type=_ints, default=[defaults.breaches], help="one or more, comma-separated")
     args = parser.parse_args()
-    config = DriftConfig(window=args.window, check_every=args.check_every, alpha=args.alpha, breaches=args.breaches)
+    configs = [
+        DriftConfig(window=args.window, check_every=args.check_every, alpha=alpha, breaches=breaches)
+        for alpha in args.alpha
+        for breaches in args.breaches
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         scores = (
             Scores(reference_of(args.bundle), None, None)
             if args.data is None
             else scores_from_data(args.data, args.seed, Path(tmp))
         )
-    ref = scores.reference
-    rng = np.random.default_rng(args.seed)
-    critical = ks_critical(config.alpha, config.window, len(ref))
-    print(
-        f"\n{args.data or args.bundle}: reference of {len(ref)} scores (median {np.median(ref):.4g}, sd "
-        f"{ref.std():.4g}); window {config.window}, a check every {config.check_every} frames, alpha "
-        f"{config.alpha:g}, {config.breaches} consecutive breaches; critical value {critical:.3f} for a window of "
-        f"independent scores; {FPS} frames a second\n"
-    )
-    print("| stationary replay | hours | alarms | false alarms per hour |")
-    print("|---|---:|---:|---:|")
-    print("\n".join(stationary_rows(scores, config, args.hours, rng)))
-    shifted = "alarmed within 10 min | median delay s | p90 delay s | cleared after return | median clear s"
-    print(f"\n| shifted replay | {shifted} |")
-    print("|---|---:|---:|---:|---:|---:|")
-    print("\n".join(shifted_rows(scores, config, args.trials, rng)))
+    for config in configs:
+        report(str(args.data or args.bundle), scores, config, args)
 
 
 if __name__ == "__main__":
