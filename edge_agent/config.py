@@ -186,7 +186,7 @@ class DriftConfig(Strict):
     window: int = Field(default=1000, ge=MIN_DRIFT_WINDOW, description="recent scores compared with the reference")
     check_every: int = Field(default=100, ge=1, description="judged frames between two tests")
     alpha: float = Field(default=0.001, gt=0, lt=0.5, description="the test's significance level, per check")
-    # Consecutive checks past the critical value that raise the alarm; as many within it clear it.
+    # Consecutive checks past the critical value that raise the alarm; as many well inside it (below 80%) clear it.
     breaches: int = Field(default=3, ge=1)
 
     @model_validator(mode="after")

@@ -46,6 +46,8 @@ SCORE_DIGITS = 6
 
 
 class DriftWatch:
+    """Fed by the inspection thread (`use`, `observe`, `summary`); the metrics server's thread reads it."""
+
     def __init__(self, camera: str, config: DriftConfig, events: EventSink, metrics: Metrics | None = None) -> None:
         self.camera = camera
         self.config = config

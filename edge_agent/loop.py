@@ -225,7 +225,8 @@ class InspectionLoop:
         with self._control:
             if self._next_model is not None:
                 self._model, self._next_model = self._next_model, None
-                if self._drift is not None:  # before the publisher names the new model: its events are the old one's
+                # Before the publisher names the new model: clearing the old model's alarm goes out under its name.
+                if self._drift is not None:
                     self._drift.use(self._model.info)
                 if self.metrics is not None:
                     self.metrics.model_version = self._model.info.version
