@@ -21,6 +21,7 @@ from converters.onnx import export_onnx
 from converters.openvino import to_openvino
 from converters.parity import parity_report
 from converters.quantize import int8_scope, quantize_openvino
+from converters.reference import score_reference
 from converters.tensorrt import (
     ENGINE_ON_TARGET,
     MODEL_ENGINE,
@@ -245,6 +246,7 @@ def bake(options: BakeOptions, open_runtime: RuntimeOpener = agent_runtime) -> E
         parity = _parity(model, runtime, frames, geometry, source.threshold, options.guard.margin)
         _check_guard(parity, options)
         kernels = _kernels(runtime)
+        reference = score_reference(runtime, source.training_set.validation, geometry)
         source_sha = sha256_file(options.bundle / MODEL_MANIFEST)
         manifest = EdgeManifest.model_validate(
             {
@@ -266,6 +268,7 @@ def bake(options: BakeOptions, open_runtime: RuntimeOpener = agent_runtime) -> E
                 ),
                 "kernels": kernels,
                 "int8_cpu": options.int8_cpu if options.precision == "int8" else None,
+                "score_reference": None if reference is None else reference.model_dump(mode="json"),
                 "source_bundle_sha256": source_sha,
                 "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "files": _baked_files(staging),

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edge_agent.errors import BundleError
 from edge_agent.geometry import Geometry
@@ -84,6 +86,22 @@ class Kernels(Strict):
 Int8Cpu = Literal["any", "vnni"]
 
 
+class ScoreReference(Strict):
+    """The baked graph's scores of the validation images, sorted: good parts the model never learned from, scored
+    by exactly what the agent runs. The agent's drift watch compares its recent scores with them."""
+
+    scores: tuple[float, ...] = Field(min_length=1)
+
+    @field_validator("scores")
+    @classmethod
+    def _sorted_and_finite(cls, scores: tuple[float, ...]) -> tuple[float, ...]:
+        if not all(math.isfinite(s) for s in scores):
+            raise ValueError("holds a score that is not a finite number")
+        if any(a > b for a, b in itertools.pairwise(scores)):
+            raise ValueError("must be sorted in ascending order")
+        return scores
+
+
 class EdgeManifest(Strict):
     format_version: int
     model: str  # model type, e.g. patchcore
@@ -99,6 +117,8 @@ class EdgeManifest(Strict):
     calibration: Calibration | None = None  # int8 only
     kernels: Kernels | None = None  # OpenVINO CPU bakes only
     int8_cpu: Int8Cpu | None = None  # int8 bakes only; None in bundles baked before the choice existed: "any"
+    # None in bundles baked before drift watch existed, or whose validation images were not at hand at bake time.
+    score_reference: ScoreReference | None = None
     source_bundle_sha256: str
     created_at: str
     files: dict[str, str]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import signal
@@ -23,6 +24,7 @@ from edge_agent.config import (
 )
 from edge_agent.console import run_cli, setup_logging
 from edge_agent.control import Command, CommandError, Controller, parse_command
+from edge_agent.drift_watch import DriftWatch
 from edge_agent.errors import AgentError, CameraUnavailable
 from edge_agent.frame_ids import FrameIds, frame_ids_path
 from edge_agent.logs import DEFAULT_LOG_FORMAT, LOG_FORMATS
@@ -189,6 +191,8 @@ def run_command(
                 metrics.watch(MQTT_CONNECTED, camera, lambda: publisher.connected)
             # `loop` is read only once the PLC servers are started, below, where it exists.
             plc = make_plc_output(cfg, camera, ready=lambda: loop.ready)
+            events = functools.partial(publisher.publish_event, camera)
+            drift = DriftWatch(camera, cfg.drift, events, metrics) if cfg.drift.enabled else None
             loop = InspectionLoop(
                 cam,
                 model.runtime,
@@ -200,6 +204,7 @@ def run_command(
                 notifier,
                 frame_ids=frame_ids,
                 plc=plc,
+                drift=drift,
             )
             controller = Controller(
                 camera,

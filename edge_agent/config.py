@@ -204,6 +204,31 @@ class PlcConfig(Strict):
     reject_pulse_ms: float = Field(default=250.0, gt=0)
 
 
+# The drift watch estimates the window's serial correlation from the window itself; fewer scores make it noise.
+MIN_DRIFT_WINDOW = 20
+
+
+class DriftConfig(Strict):
+    """Drift watch: every `check_every` judged frames, a two-sample Kolmogorov-Smirnov test of the last `window`
+    scores against the bundle's score reference (README, Drift watch). On only when the bundle has a reference."""
+
+    enabled: bool = True
+    window: int = Field(default=1000, ge=MIN_DRIFT_WINDOW, description="recent scores compared with the reference")
+    check_every: int = Field(default=100, ge=1, description="judged frames between two tests")
+    alpha: float = Field(default=0.001, gt=0, lt=0.5, description="the test's significance level, per check")
+    # Consecutive checks past the critical value that raise the alarm; as many well inside it (below 80%) clear it.
+    breaches: int = Field(default=3, ge=1)
+
+    @model_validator(mode="after")
+    def _every_score_tested(self) -> DriftConfig:
+        if self.check_every > self.window:
+            raise ValueError(
+                f"check_every ({self.check_every}) is above window ({self.window}): scores between two windows "
+                "would never be tested; lower check_every or raise window"
+            )
+        return self
+
+
 class AgentConfig(Strict):
     version: Literal[1]
     station: str = Field(min_length=1)
@@ -215,6 +240,7 @@ class AgentConfig(Strict):
     archive: ArchiveConfig = ArchiveConfig()
     metrics: MetricsConfig = MetricsConfig()
     plc: PlcConfig = PlcConfig()
+    drift: DriftConfig = DriftConfig()
 
     def camera(self, name: str) -> CameraConfig:
         try:

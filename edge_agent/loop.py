@@ -16,6 +16,7 @@ from edge_agent.accounting import Accounting, Missed, dropped, missed
 from edge_agent.archive import Archive, ArchiveItem
 from edge_agent.cameras.base import Camera
 from edge_agent.control import EventSink
+from edge_agent.drift_watch import DriftWatch
 from edge_agent.errors import CameraError, EndOfStream
 from edge_agent.frame_ids import FrameIds
 from edge_agent.frame_queue import FrameQueue
@@ -59,6 +60,7 @@ class InspectionLoop:
         *,
         frame_ids: FrameIds | None = None,  # renumbers frames, across restarts; None: the camera's own count
         plc: PlcOutput | None = None,  # gets every verdict the publisher gets, after it
+        drift: DriftWatch | None = None,
     ) -> None:
         self.camera = camera
         self.plc = plc
@@ -75,6 +77,9 @@ class InspectionLoop:
         self.watchdog = watchdog
         # Commands arrive on the control thread; the inference thread picks them up between two frames.
         self._model = LoadedModel(runtime, model)
+        self._drift = drift
+        if drift is not None:
+            drift.use(model)
         self._next_model: LoadedModel | None = None
         self._snapshot_events: EventSink | None = None
         self._control = threading.Lock()
@@ -150,7 +155,8 @@ class InspectionLoop:
         publish_stats = getattr(self.publisher, "publish_stats", None)
         if publish_stats is not None:
             live = {"dropped": self._queue.dropped, "missed_without_verdict": self._missed_without_verdict()}
-            publish_stats({**self.summary.counters(), **live})
+            extra = {} if self._drift is None else {"drift": self._drift.summary()}
+            publish_stats({**self.summary.counters(), **live}, **extra)
 
     def _missed_without_verdict(self) -> int:
         return self._accounting.gap_overflow + self._queue.notes_lost
@@ -230,6 +236,9 @@ class InspectionLoop:
         with self._control:
             if self._next_model is not None:
                 self._model, self._next_model = self._next_model, None
+                # Before the publisher names the new model: clearing the old model's alarm goes out under its name.
+                if self._drift is not None:
+                    self._drift.use(self._model.info)
                 if self.metrics is not None:
                     self.metrics.model_version = self._model.info.version
                 set_model = getattr(self.publisher, "set_model", None)
@@ -370,6 +379,8 @@ class InspectionLoop:
             s.stage_ms[stage].append(value * 1000)
         if self.metrics is not None:
             self.metrics.frame_done(verdict.camera, seconds, verdict.verdict, verdict.late)
+        if self._drift is not None and verdict.score is not None:
+            self._drift.observe(verdict.score)
         # Only frames the model judged feed it: a runtime failing on every frame is worth a restart.
         if self.watchdog is not None and verdict.verdict != ERROR:
             self.watchdog.feed()

@@ -42,6 +42,10 @@ ARCHIVE_DROPPED = "edge_agent_archive_dropped_total"
 ARCHIVE_FAILED = "edge_agent_archive_failed_total"
 NOT_INSPECTED = "edge_agent_not_inspected_total"
 MISSED_WITHOUT_VERDICT = "edge_agent_missed_without_verdict_total"
+SCORE = "edge_agent_score"
+SCORE_DRIFT = "edge_agent_score_drift"
+SCORE_DRIFT_STATISTIC = "edge_agent_score_drift_statistic"
+SCORE_DRIFT_CRITICAL = "edge_agent_score_drift_critical"
 
 # Exposition order, type and help text of every series.
 SERIES: dict[str, tuple[str, str]] = {
@@ -65,6 +69,13 @@ SERIES: dict[str, tuple[str, str]] = {
         "counter",
         "Parts known to have passed with no verdict of their own: a camera gap past its cap, a hung inference.",
     ),
+    SCORE: ("histogram", "Scores of the frames the model judged; buckets from the score reference and the threshold."),
+    SCORE_DRIFT: ("gauge", "1 while the recent scores have drifted from the bundle's score reference, else 0."),
+    SCORE_DRIFT_STATISTIC: (
+        "gauge",
+        "Kolmogorov-Smirnov distance of the recent scores to the reference at the last check.",
+    ),
+    SCORE_DRIFT_CRITICAL: ("gauge", "The critical value the drift statistic was compared with at the last check."),
 }
 _COUNTED = {REJECT: REJECTS, ERROR: ERRORS}
 
@@ -83,6 +94,16 @@ class _Histogram:
         self.buckets[bisect.bisect_left(STAGE_BUCKETS_S, value)] += 1
         self.total += value
         self.count += 1
+
+
+@dataclass(frozen=True)
+class HistogramSnapshot:
+    """A histogram fed elsewhere, as read at a scrape."""
+
+    bounds: tuple[float, ...]  # upper bounds (le), ascending, without +Inf
+    counts: tuple[int, ...]  # per bucket, not cumulative; one more than `bounds`, the last one for +Inf
+    total: float
+    count: int
 
 
 class Metrics:
@@ -105,6 +126,7 @@ class Metrics:
         self._not_inspected: dict[tuple[str, str], int] = {}  # (camera, reason)
         self._stages: dict[tuple[str, str], _Histogram] = {}
         self._watched: dict[tuple[str, str], Callable[[], float]] = {}
+        self._histograms: dict[tuple[str, str], Callable[[], HistogramSnapshot | None]] = {}
 
     def frame_done(self, camera: str, stage_seconds: Mapping[str, float], verdict: str, late: bool) -> None:
         names = [FRAMES, *([_COUNTED[verdict]] if verdict in _COUNTED else []), *([LATE] if late else [])]
@@ -127,6 +149,12 @@ class Metrics:
             self._cameras.add(camera)
             self._watched[name, camera] = read
 
+    def watch_histogram(self, name: str, camera: str, read: Callable[[], HistogramSnapshot | None]) -> None:
+        """Report `read()` as the histogram `name` of `camera` at each scrape; None leaves it out."""
+        with self._lock:
+            self._cameras.add(camera)
+            self._histograms[name, camera] = read
+
     def health(self) -> tuple[bool, str]:
         with self._lock:
             last = self._last_done
@@ -144,6 +172,7 @@ class Metrics:
             not_inspected = dict(self._not_inspected)
             stages = {key: (list(h.buckets), h.total, h.count) for key, h in sorted(self._stages.items())}
             watched = sorted(self._watched.items())
+            histograms = sorted(self._histograms.items())
         # Readers run outside the lock: they take their owners' locks, which must never nest inside this one.
         read: dict[tuple[str, str], float] = {}
         for key, reader in watched:
@@ -151,6 +180,7 @@ class Metrics:
                 read[key] = float(reader())
             except Exception as exc:  # one failing reader must not cost the whole scrape
                 log.debug("metrics: reading %s for '%s' failed: %s", *key, exc)
+        snapshots = {key: snapshot for key, reader in histograms if (snapshot := reader()) is not None}
         lines: list[str] = []
         for name, (kind, text) in SERIES.items():
             lines += [f"# HELP {name} {_escape(text)}", f"# TYPE {name} {kind}"]
@@ -169,6 +199,10 @@ class Metrics:
                 lines.append(f"{name}{_labels(version=self.model_version)} 1")
             elif kind == "gauge":
                 lines += [f"{name}{_labels(camera=c)} {_num(v)}" for (n, c), v in read.items() if n == name]
+            elif name != STAGE_SECONDS:
+                for (n, camera), snapshot in snapshots.items():
+                    if n == name:
+                        lines += _histogram_lines(name, camera, snapshot)
             else:
                 for (camera, stage), (buckets, total, count) in stages.items():
                     bounds = [*map(_num, STAGE_BUCKETS_S), "+Inf"]
@@ -177,6 +211,17 @@ class Metrics:
                     lines.append(f"{name}_sum{_labels(camera=camera, stage=stage)} {_num(total)}")
                     lines.append(f"{name}_count{_labels(camera=camera, stage=stage)} {count}")
         return "\n".join(lines) + "\n"
+
+
+def _histogram_lines(name: str, camera: str, snapshot: HistogramSnapshot) -> list[str]:
+    bounds = [*map(_num, snapshot.bounds), "+Inf"]
+    lines = [
+        f"{name}_bucket{_labels(camera=camera, le=bound)} {cumulative}"
+        for bound, cumulative in zip(bounds, itertools.accumulate(snapshot.counts), strict=True)
+    ]
+    lines.append(f"{name}_sum{_labels(camera=camera)} {_num(snapshot.total)}")
+    lines.append(f"{name}_count{_labels(camera=camera)} {snapshot.count}")
+    return lines
 
 
 def _escape(text: str) -> str:
@@ -192,6 +237,8 @@ def _labels(**values: str) -> str:
 
 
 def _num(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"  # a gauge with nothing measured yet, as Prometheus writes it
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
     return str(int(value)) if float(value).is_integer() else repr(float(value))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.bundle import load_edge_bundle
+from edge_agent.bundle import ScoreReference, load_edge_bundle
 from edge_agent.config import ModelConfig
 from edge_agent.geometry import Geometry
 from edge_agent.hashing import read_key
@@ -21,6 +21,7 @@ class ModelInfo:
     threshold: float
     score_scale: float
     geometry: Geometry
+    score_reference: ScoreReference | None = None  # what the drift watch compares recent scores with
 
 
 @dataclass(frozen=True)
@@ -38,5 +39,7 @@ def load_model(path: Path, config: ModelConfig) -> LoadedModel:
     runtime = make_runtime(bundle, config.model_copy(update={"path": path}))
     spec = manifest.input
     runtime.infer(np.zeros((spec.height, spec.width, spec.channels), np.uint8))
-    info = ModelInfo(manifest.version, manifest.threshold, manifest.score_scale, manifest.geometry)
+    info = ModelInfo(
+        manifest.version, manifest.threshold, manifest.score_scale, manifest.geometry, manifest.score_reference
+    )
     return LoadedModel(runtime, info)

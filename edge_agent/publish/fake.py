@@ -18,6 +18,7 @@ class FakePublisher:
 
     verdicts: list[Verdict] = field(default_factory=list)
     stats: list[dict[str, float | int]] = field(default_factory=list)
+    drift_stats: list[dict[str, Any]] = field(default_factory=list)  # the drift summaries beside the stats
     started: bool = False
     stopped: bool = False
     flush_result: bool = True
@@ -42,8 +43,10 @@ class FakePublisher:
     def stop(self) -> None:
         self.stopped = True
 
-    def publish_stats(self, counters: dict[str, float | int]) -> None:
+    def publish_stats(self, counters: dict[str, float | int], drift: dict[str, Any] | None = None) -> None:
         self.stats.append(dict(counters))
+        if drift is not None:
+            self.drift_stats.append(dict(drift))
 
     def pending(self) -> int:
         return 0

@@ -200,17 +200,20 @@ class MqttPublisher:
         """The model version that stats and events name from now on (after a hot reload)."""
         self.model = version
 
-    def publish_stats(self, counters: dict[str, float | int]) -> None:
-        """Counters to `<prefix>/<station>/<camera>/stats`, QoS 0, not stored (the next report replaces a lost one)."""
+    def publish_stats(self, counters: dict[str, float | int], drift: dict[str, Any] | None = None) -> None:
+        """Counters to `<prefix>/<station>/<camera>/stats`, QoS 0, not stored (the next report replaces a lost one);
+        with the drift watch on, its summary beside them."""
         if self._stopped:
             return
-        body = {
+        body: dict[str, Any] = {
             "station": self.station,
             "camera": self.camera,
             "model": self.model,
             "ts": time.time(),
             "counters": counters,
         }
+        if drift is not None:
+            body["drift"] = drift
         # Paho drops QoS 0 while disconnected, and its acknowledgement (if any) matches nothing we track.
         self._client.publish(self.stats_topic, json.dumps(body, separators=(",", ":")).encode(), qos=0)
 

@@ -18,6 +18,7 @@ from edge_agent.errors import BundleError
 from edge_agent.geometry import Geometry, prepare
 from edge_agent.hashing import sha256_bytes
 from edge_agent.imageio import list_images, read_image
+from edge_agent.runtimes.base import infer_frame
 from edge_agent.runtimes.openvino import OpenVinoRuntime
 from edge_agent.runtimes.openvino_ops import ISA_CAP
 from trainer.bundle import load_bundle, read_manifest
@@ -45,6 +46,16 @@ def test_agent_runtime_matches_torch_on_defects(pipeline: Pipeline) -> None:
         baked = runtime.infer(image)
         assert abs(baked.score - float(ref.score[0])) <= FP32_REL_TOLERANCE * float(ref.score[0])
         np.testing.assert_allclose(baked.anomaly_map, ref.anomaly_map[0, 0].numpy(), rtol=1e-3, atol=1e-2)
+
+
+def test_the_manifest_carries_the_baked_graphs_scores_of_every_validation_image(pipeline: Pipeline) -> None:
+    bundle = load_edge_bundle(pipeline.edge)
+    reference = bundle.manifest.score_reference
+    validation = read_manifest(pipeline.model).training_set.validation
+    runtime = OpenVinoRuntime.from_bundle(bundle)
+    expected = sorted(infer_frame(runtime, read_image(Path(p)), bundle.manifest.geometry).score for p in validation)
+    assert reference is not None and len(reference.scores) == len(validation)
+    np.testing.assert_allclose(reference.scores, expected, rtol=1e-6)
 
 
 def test_tampered_bin_is_refused(pipeline: Pipeline, tmp_path: Path) -> None:

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from pipeline import Pipeline
+from pydantic import ValidationError
 
-from edge_agent.bundle import MANIFEST, MANIFEST_DIGEST, MANIFEST_SIGNATURE, load_edge_bundle, write_manifest
+from edge_agent.bundle import (
+    MANIFEST,
+    MANIFEST_DIGEST,
+    MANIFEST_SIGNATURE,
+    ScoreReference,
+    load_edge_bundle,
+    write_manifest,
+)
 from edge_agent.config import ModelConfig
 from edge_agent.errors import BundleError
 from edge_agent.hashing import read_key, sha256_bytes
@@ -81,3 +91,20 @@ def test_the_agent_with_a_key_file_loads_only_bundles_signed_with_it(pipeline: P
     edge = _copy(pipeline, tmp_path)
     write_manifest(edge, load_edge_bundle(edge).manifest, KEY)
     assert load_model(edge, config).info.version == load_edge_bundle(pipeline.edge).manifest.version
+
+
+def test_a_bundle_baked_before_score_references_loads_without_one(pipeline: Pipeline, tmp_path: Path) -> None:
+    edge = _copy(pipeline, tmp_path)
+    raw = yaml.safe_load((edge / MANIFEST).read_text())
+    assert raw.pop("score_reference") is not None
+    (edge / MANIFEST).write_text(yaml.safe_dump(raw, sort_keys=False))
+    (edge / MANIFEST_DIGEST).write_text(sha256_bytes((edge / MANIFEST).read_bytes()))  # as that bake wrote it
+    assert load_edge_bundle(edge).manifest.score_reference is None
+
+
+@pytest.mark.parametrize(
+    ("scores", "message"), [((2.0, 1.0), "sorted in ascending order"), ((1.0, math.nan), "not a finite number")]
+)
+def test_a_score_reference_must_be_sorted_and_finite(scores: tuple[float, ...], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        ScoreReference(scores=scores)
