@@ -1,5 +1,7 @@
-"""Prometheus `/metrics` and a `/healthz` check over HTTP, with the standard library only, so the factory PC
-install gains no dependency. `Metrics` holds the values; `MetricsServer` serves them from a daemon thread."""
+"""Prometheus `/metrics` and a `/healthz` check over HTTP. `Metrics` holds the values and hands them, at each
+scrape, to prometheus-client as metric families: the library owns the exposition format (escaping, numbers,
+histogram series). `MetricsServer` serves both paths from a daemon thread with the standard library's server,
+because /healthz is not a Prometheus endpoint."""
 
 from __future__ import annotations
 
@@ -7,21 +9,25 @@ import bisect
 import errno
 import itertools
 import logging
-import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
 from edge_agent.errors import AgentError
 from edge_agent.verdict import ERROR, NOT_INSPECTED_REASONS, REJECT
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 # From a sub-millisecond CPU stage to a stalled one; the reject deadline is typically around 0.1 s.
 STAGE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -88,12 +94,10 @@ class MetricsError(AgentError):
 class _Histogram:
     buckets: list[int] = field(default_factory=lambda: [0] * (len(STAGE_BUCKETS_S) + 1))  # the last one is +Inf
     total: float = 0.0
-    count: int = 0
 
     def observe(self, value: float) -> None:
         self.buckets[bisect.bisect_left(STAGE_BUCKETS_S, value)] += 1
         self.total += value
-        self.count += 1
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,6 @@ class HistogramSnapshot:
     bounds: tuple[float, ...]  # upper bounds (le), ascending, without +Inf
     counts: tuple[int, ...]  # per bucket, not cumulative; one more than `bounds`, the last one for +Inf
     total: float
-    count: int
 
 
 class Metrics:
@@ -127,6 +130,8 @@ class Metrics:
         self._stages: dict[tuple[str, str], _Histogram] = {}
         self._watched: dict[tuple[str, str], Callable[[], float]] = {}
         self._histograms: dict[tuple[str, str], Callable[[], HistogramSnapshot | None]] = {}
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(_Collector(self.collect))
 
     def frame_done(self, camera: str, stage_seconds: Mapping[str, float], verdict: str, late: bool) -> None:
         names = [FRAMES, *([_COUNTED[verdict]] if verdict in _COUNTED else []), *([LATE] if late else [])]
@@ -166,11 +171,15 @@ class Metrics:
         return False, f"no frame completed for {idle:.1f} s" + (" since start" if last is None else "")
 
     def render(self) -> str:
+        return generate_latest(self._registry).decode()
+
+    def collect(self) -> Iterator[Metric]:
+        """Every series in SERIES order, read now (prometheus-client's collector protocol)."""
         with self._lock:
             cameras = sorted(self._cameras)
             counts = dict(self._counts)
             not_inspected = dict(self._not_inspected)
-            stages = {key: (list(h.buckets), h.total, h.count) for key, h in sorted(self._stages.items())}
+            stages = {key: (list(h.buckets), h.total) for key, h in sorted(self._stages.items())}
             watched = sorted(self._watched.items())
             histograms = sorted(self._histograms.items())
         # Readers run outside the lock: they take their owners' locks, which must never nest inside this one.
@@ -181,67 +190,57 @@ class Metrics:
             except Exception as exc:  # one failing reader must not cost the whole scrape
                 log.debug("metrics: reading %s for '%s' failed: %s", *key, exc)
         snapshots = {key: snapshot for key, reader in histograms if (snapshot := reader()) is not None}
-        lines: list[str] = []
         for name, (kind, text) in SERIES.items():
-            lines += [f"# HELP {name} {_escape(text)}", f"# TYPE {name} {kind}"]
             if name == NOT_INSPECTED:
+                reasons = CounterMetricFamily(name, text, labels=["camera", "reason"])
                 # Every reason from the start, at 0: a rate() or an alert over a series that appears late misses
                 # its first increase.
-                lines += [
-                    f"{name}{_labels(camera=c, reason=r)} {not_inspected.get((c, r), 0)}"
-                    for c in cameras
-                    for r in NOT_INSPECTED_REASONS
-                ]
+                for camera in cameras:
+                    for reason in NOT_INSPECTED_REASONS:
+                        reasons.add_metric([camera, reason], not_inspected.get((camera, reason), 0))
+                yield reasons
             elif kind == "counter":
-                values = {c: read.get((name, c), counts.get((name, c), 0)) for c in cameras}
-                lines += [f"{name}{_labels(camera=c)} {_num(v)}" for c, v in values.items()]
+                counter = CounterMetricFamily(name, text, labels=["camera"])
+                for camera in cameras:
+                    counter.add_metric([camera], read.get((name, camera), counts.get((name, camera), 0)))
+                yield counter
             elif name == MODEL_INFO:
-                lines.append(f"{name}{_labels(version=self.model_version)} 1")
+                info = GaugeMetricFamily(name, text, labels=["version"])
+                info.add_metric([self.model_version], 1)
+                yield info
             elif kind == "gauge":
-                lines += [f"{name}{_labels(camera=c)} {_num(v)}" for (n, c), v in read.items() if n == name]
-            elif name != STAGE_SECONDS:
-                for (n, camera), snapshot in snapshots.items():
-                    if n == name:
-                        lines += _histogram_lines(name, camera, snapshot)
+                gauge = GaugeMetricFamily(name, text, labels=["camera"])
+                for (series, camera), value in read.items():
+                    if series == name:
+                        gauge.add_metric([camera], value)
+                yield gauge
+            elif name == STAGE_SECONDS:
+                per_stage = HistogramMetricFamily(name, text, labels=["camera", "stage"])
+                for (camera, stage), (buckets, total) in stages.items():
+                    per_stage.add_metric([camera, stage], _cumulative(STAGE_BUCKETS_S, buckets), total)
+                yield per_stage
             else:
-                for (camera, stage), (buckets, total, count) in stages.items():
-                    bounds = [*map(_num, STAGE_BUCKETS_S), "+Inf"]
-                    for bound, cumulative in zip(bounds, itertools.accumulate(buckets), strict=True):
-                        lines.append(f"{name}_bucket{_labels(camera=camera, stage=stage, le=bound)} {cumulative}")
-                    lines.append(f"{name}_sum{_labels(camera=camera, stage=stage)} {_num(total)}")
-                    lines.append(f"{name}_count{_labels(camera=camera, stage=stage)} {count}")
-        return "\n".join(lines) + "\n"
+                histogram = HistogramMetricFamily(name, text, labels=["camera"])
+                for (series, camera), snapshot in snapshots.items():
+                    if series == name:
+                        histogram.add_metric([camera], _cumulative(snapshot.bounds, snapshot.counts), snapshot.total)
+                yield histogram
 
 
-def _histogram_lines(name: str, camera: str, snapshot: HistogramSnapshot) -> list[str]:
-    bounds = [*map(_num, snapshot.bounds), "+Inf"]
-    lines = [
-        f"{name}_bucket{_labels(camera=camera, le=bound)} {cumulative}"
-        for bound, cumulative in zip(bounds, itertools.accumulate(snapshot.counts), strict=True)
-    ]
-    lines.append(f"{name}_sum{_labels(camera=camera)} {_num(snapshot.total)}")
-    lines.append(f"{name}_count{_labels(camera=camera)} {snapshot.count}")
-    return lines
+class _Collector(Collector):
+    """prometheus-client's collector interface around `Metrics.collect`."""
+
+    def __init__(self, collect: Callable[[], Iterator[Metric]]) -> None:
+        self._collect = collect
+
+    def collect(self) -> Iterator[Metric]:
+        return self._collect()
 
 
-def _escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _label_value(value: str) -> str:
-    return _escape(value).replace('"', '\\"')
-
-
-def _labels(**values: str) -> str:
-    return "{" + ",".join(f'{k}="{_label_value(v)}"' for k, v in values.items()) + "}"
-
-
-def _num(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"  # a gauge with nothing measured yet, as Prometheus writes it
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+def _cumulative(bounds: tuple[float, ...], counts: list[int] | tuple[int, ...]) -> list[tuple[str, float]]:
+    """Per-bucket counts (the last one for +Inf) as the cumulative (le, count) pairs of a histogram."""
+    edges = [*map(floatToGoString, bounds), "+Inf"]
+    return list(zip(edges, itertools.accumulate(counts), strict=True))
 
 
 class MetricsServer:

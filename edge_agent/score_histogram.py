@@ -35,14 +35,12 @@ class ScoreHistogram:
         self._lock = threading.Lock()
         self._counts = [0] * (len(bounds) + 1)
         self._total = 0.0
-        self._count = 0
 
     def observe(self, score: float) -> None:
         with self._lock:
             self._counts[bisect.bisect_left(self.bounds, score)] += 1  # le: a score on a bound is in its bucket
             self._total += score
-            self._count += 1
 
     def snapshot(self) -> HistogramSnapshot:
         with self._lock:
-            return HistogramSnapshot(self.bounds, tuple(self._counts), self._total, self._count)
+            return HistogramSnapshot(self.bounds, tuple(self._counts), self._total)

@@ -82,7 +82,7 @@ def test_the_score_histogram_has_the_reference_quantiles_and_the_threshold_as_bu
     bounds = score_buckets(REFERENCE.scores, WATCHED.threshold)
     assert [float(le) for le in buckets] == [*bounds, math.inf]
     assert 100.0 in bounds and bounds[0] == pytest.approx(np.quantile(REFERENCE.scores, 0.01), rel=1e-5)
-    assert buckets["100"] == 4  # le: a score on the threshold counts in its bucket
+    assert buckets["100.0"] == 4  # le: a score on the threshold counts in its bucket
     assert buckets["+Inf"] == samples[f"{SCORE}_count", CAMERA] == 5
     assert samples[f"{SCORE}_sum", CAMERA] == pytest.approx(1239.0)
 

@@ -23,6 +23,7 @@ from edge_agent.publish.fake import FakePublisher
 from edge_agent.runtimes.base import Inference
 from edge_agent.runtimes.fake import FakeRuntime
 from edge_agent.verdict import Verdict
+from tests.edge_agent.test_agent_metrics import parse
 from tests.edge_agent.waiting import WAIT_S, wait_for_event, wait_until
 
 MODEL = ModelInfo(version="test-1", threshold=100.0, score_scale=100.0, geometry=Geometry(height=16, width=16))
@@ -452,7 +453,7 @@ def test_a_frame_that_is_no_picture_is_an_error_verdict_counted_and_logged_once(
         assert verdict.is_reject and verdict.score is None  # the PLC ejects a part that could not be judged
         assert problem in (verdict.error or "")
     assert summary.counts["error"] == len(BAD_FRAMES) and summary.camera_errors == 0
-    assert f'edge_agent_errors_total{{camera="cam0"}} {len(BAD_FRAMES)}' in metrics.render()
+    assert parse(metrics.render())["edge_agent_errors_total", (("camera", "cam0"),)] == len(BAD_FRAMES)
     errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(errors) == len(BAD_FRAMES)  # one line per bad frame ...
     for record, (_, problem) in zip(errors, BAD_FRAMES, strict=True):
