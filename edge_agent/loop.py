@@ -10,14 +10,13 @@ import logging
 import re
 import threading
 import time
-from dataclasses import replace
 
 from edge_agent.accounting import Accounting, Missed, dropped, missed
+from edge_agent.acquisition import Acquisition
 from edge_agent.archive import Archive, ArchiveItem
 from edge_agent.cameras.base import Camera
 from edge_agent.control import EventSink
 from edge_agent.drift_watch import DriftWatch
-from edge_agent.errors import CameraError, EndOfStream
 from edge_agent.frame_ids import FrameIds
 from edge_agent.frame_queue import FrameQueue
 from edge_agent.frames import Frame, image_problem
@@ -38,7 +37,6 @@ from edge_agent.verdict import ERROR, OK, REASON_PAUSED, REJECT, Verdict, decide
 log = logging.getLogger(__name__)
 
 QUEUE_POLL_S = 0.2
-RECONNECT_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 # A camera sending only bad buffers fails every frame, 30 a second: after a kind of error is logged, its repeats
 # are held back this long; the next one logged then tells how many were.
 ERROR_LOG_INTERVAL_S = 60.0
@@ -64,15 +62,12 @@ class InspectionLoop:
     ) -> None:
         self.camera = camera
         self.plc = plc
-        self._frame_ids = frame_ids
         self.publisher = publisher
         self.options = options
         self.archive = archive
         self.summary = RunSummary()
         live = bool(getattr(camera, "live", True))
         self._queue: FrameQueue[Frame, Missed] = FrameQueue(options.queue_size, drop_oldest=live, shrink=dropped)
-        # Written by the acquisition thread, read by the metrics server; a grab that did not raise means connected.
-        self._camera_connected = False
         self.metrics = metrics
         self.watchdog = watchdog
         # Commands arrive on the control thread; the inference thread picks them up between two frames.
@@ -89,15 +84,26 @@ class InspectionLoop:
         self._inspecting = False  # from the start of `run` until its last frame is judged
         self._error_log = LogThrottle(ERROR_LOG_INTERVAL_S)  # the inference thread's only
         self._accounting = Accounting(camera.name, publisher, self.summary, options, metrics, self._event)
+        self._acquisition = Acquisition(
+            camera,
+            self._queue,
+            self._accounting,
+            options,
+            self.summary,
+            self._event,
+            lambda: self._judging,
+            watchdog,
+            frame_ids,
+        )
         if metrics is not None:
             metrics.watch(DROPPED, camera.name, lambda: self._queue.dropped)
             metrics.watch(MISSED_WITHOUT_VERDICT, camera.name, self._missed_without_verdict)
-            metrics.watch(CAMERA_CONNECTED, camera.name, lambda: self._camera_connected)
+            metrics.watch(CAMERA_CONNECTED, camera.name, lambda: self._acquisition.connected)
 
     @property
     def ready(self) -> bool:
         """Ready for the next part (a PLC's trigger_ready): running, the camera delivering, not paused."""
-        return self._inspecting and self._camera_connected and not self._paused.is_set()
+        return self._inspecting and self._acquisition.connected and not self._paused.is_set()
 
     @property
     def model_version(self) -> str:
@@ -128,7 +134,7 @@ class InspectionLoop:
     def run(self, stop: threading.Event) -> RunSummary:
         """Inspect until the camera runs out, `max_frames` were grabbed, or `stop` is set; then deliver
         everything in flight and return the counts."""
-        acquisition = threading.Thread(target=self._acquire, args=(stop,), name="acquisition", daemon=True)
+        acquisition = threading.Thread(target=self._acquisition.run, args=(stop,), name="acquisition", daemon=True)
         acquisition.start()
         self._inspecting = True
         next_stats = time.monotonic() + self.options.stats_interval_s
@@ -161,76 +167,11 @@ class InspectionLoop:
     def _missed_without_verdict(self) -> int:
         return self._accounting.gap_overflow + self._queue.notes_lost
 
-    def _acquire(self, stop: threading.Event) -> None:
-        grabbed = 0
-        failures = 0
-        last_frame = time.monotonic()
-        try:
-            while not stop.is_set():
-                if self.options.max_frames is not None and grabbed >= self.options.max_frames:
-                    break
-                try:
-                    frame = self.camera.grab(self.options.grab_timeout_s)
-                    silent = time.monotonic() - last_frame
-                    if (
-                        frame is None
-                        and self.options.frame_timeout_s is not None
-                        and silent > self.options.frame_timeout_s
-                    ):
-                        raise CameraError(f"no frame for {silent:.1f} s")
-                except EndOfStream:
-                    log.info("camera '%s' has no more frames", self.camera.name)
-                    break
-                except CameraError as exc:
-                    if self._camera_connected or failures == 0:
-                        self._event("camera_lost", {"reason": str(exc)})
-                    self._camera_connected = False
-                    self.summary.camera_errors += 1
-                    wait = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
-                    failures += 1
-                    log.error("camera '%s' failed: %s; reconnecting in %.0f s", self.camera.name, exc, wait)
-                    if stop.wait(wait):
-                        break
-                    self._reopen()
-                    last_frame = time.monotonic()
-                    continue
-                # Connected means frames flow; a silent grab proves it only where silence is normal (no
-                # frame timeout: a hardware trigger), else a reopened but mute device would flap lost/reconnected.
-                if frame is not None or self.options.frame_timeout_s is None:
-                    if not self._camera_connected and failures > 0:
-                        self._event("camera_reconnected", {"after_failures": failures})
-                    self._camera_connected = True
-                if frame is None:
-                    # A healthy camera waiting for its trigger: the liveness tick, so idle is not a hang. Only
-                    # while nothing waits for inference: a hung inference must still starve the watchdog.
-                    if self.watchdog is not None and self._queue.empty and not self._judging:
-                        self.watchdog.feed()
-                    continue
-                failures = 0
-                last_frame = time.monotonic()
-                grabbed += 1
-                next_id = None if self._frame_ids is None else self._frame_ids.next
-                skipped = self._accounting.gap_notes(frame, next_id)
-                if next_id is not None:
-                    frame = replace(frame, frame_id=next_id())
-                self._queue.put(frame, skipped)
-        finally:
-            self._queue.close()
-
     def _event(self, event: str, details: dict[str, object]) -> None:
         """Tell the line (MQTT `<camera>/event`) where the publisher can; the log always has it too."""
         publish_event = getattr(self.publisher, "publish_event", None)
         if publish_event is not None:
             publish_event(self.camera.name, event, details)
-
-    def _reopen(self) -> None:
-        self._accounting.camera_reopened()
-        try:
-            self.camera.close()
-            self.camera.open()
-            log.info("camera '%s' reconnected", self.camera.name)
-        except CameraError as exc:
-            log.error("camera '%s' is still unavailable: %s", self.camera.name, exc)
 
     def _handle(self, frame: Frame) -> None:
         with self._control:

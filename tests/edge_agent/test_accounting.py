@@ -305,7 +305,7 @@ def test_frames_arriving_while_paused_are_answered_paused_and_the_watchdog_is_fe
 
 
 def test_a_camera_counter_restarting_after_a_reconnect_is_no_gap(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("edge_agent.loop.RECONNECT_BACKOFF_S", (0.0,))
+    monkeypatch.setattr("edge_agent.acquisition.RECONNECT_BACKOFF_S", (0.0,))
     # Before the loss the device had reached 3; reopened, it counts from 7 (it sent frames nobody grabbed, or
     # another counter altogether): the agent cannot tell how many parts passed, so it invents none.
     frames: list[Frame | CameraError] = [frame(1, 1), frame(2, 2), frame(3, 3), CameraError("unplugged")]

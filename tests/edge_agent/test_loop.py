@@ -208,7 +208,7 @@ class FlakyCamera(FastCamera):
 
 
 def test_camera_failure_reconnects_instead_of_exiting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("edge_agent.loop.RECONNECT_BACKOFF_S", (0.01,))
+    monkeypatch.setattr("edge_agent.acquisition.RECONNECT_BACKOFF_S", (0.01,))
     camera = FlakyCamera()
     publisher = FakePublisher()
     summary = InspectionLoop(camera, SlowRuntime(), publisher, MODEL, LoopOptions()).run(threading.Event())
@@ -288,7 +288,7 @@ class SilentCamera(FastCamera):
 
 
 def test_no_frame_within_the_timeout_counts_as_a_camera_failure(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("edge_agent.loop.RECONNECT_BACKOFF_S", (0.01,))
+    monkeypatch.setattr("edge_agent.acquisition.RECONNECT_BACKOFF_S", (0.01,))
     stop = threading.Event()
     camera = SilentCamera(2, stop)
     options = LoopOptions(grab_timeout_s=0.02, frame_timeout_s=0.1)
