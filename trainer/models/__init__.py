@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from trainer.models.fastflow import FastFlow, FastFlowRecipe
+from trainer.models.padim import PaDiM, PaDiMRecipe
 from trainer.models.patchcore import PatchCore, PatchCoreRecipe
 from trainer.models.simplenet import SimpleNet, SimpleNetRecipe
 
@@ -22,4 +23,5 @@ REGISTRY: dict[str, ModelEntry] = {
     "patchcore": ModelEntry(PatchCore, PatchCoreRecipe),
     "fastflow": ModelEntry(FastFlow, FastFlowRecipe),
     "simplenet": ModelEntry(SimpleNet, SimpleNetRecipe),
+    "padim": ModelEntry(PaDiM, PaDiMRecipe),
 }
