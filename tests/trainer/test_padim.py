@@ -82,7 +82,7 @@ def fitted(data: Path) -> PaDiM:
     model = PaDiM(PaDiMRecipe(input_size=(TEST_SIZE, TEST_SIZE)))
     result = model.fit(good[:48], good[48:])
     assert result.validation.anomaly_map.shape == (len(good) - 48, 1, TEST_SIZE, TEST_SIZE)
-    assert result.summary["positions"] == (TEST_SIZE // 8) ** 2
+    assert result.summary["positions"] == (TEST_SIZE // 16) ** 2 and result.summary["channels"] == 152
     return model
 
 
@@ -95,12 +95,23 @@ def test_defects_score_above_good_parts(fitted: PaDiM, data: Path) -> None:
     assert image_auroc(scores, labels) >= MIN_SYNTHETIC_AUROC
 
 
-def test_the_channel_subset_follows_the_seed() -> None:
+def test_the_channel_subset_follows_the_seed_and_is_saved() -> None:
     first, again = PaDiM(PaDiMRecipe(channels=20)), PaDiM(PaDiMRecipe(channels=20))
     other = PaDiM(PaDiMRecipe(channels=20, seed=1))
+    assert first.channel_index is not None and other.channel_index is not None
     assert torch.equal(first.channel_index, again.channel_index)
     assert not torch.equal(first.channel_index, other.channel_index)
     assert len(set(first.channel_index.tolist())) == 20 and int(first.channel_index.max()) < 152
+    assert "channel_index" in first.state_dict()
+    # Every channel by default: no subset to draw or to store.
+    assert PaDiM(PaDiMRecipe()).channel_index is None
+
+
+def test_a_channel_subset_fits_and_scores_on_its_channels() -> None:
+    model = PaDiM(PaDiMRecipe(input_size=(SMALL, SMALL), channels=20, grid_pool=1))
+    result = model.fit(_small(6, 0), _small(2, 1))
+    assert result.summary["channels"] == 20 and result.summary["positions"] == (SMALL // 8) ** 2
+    assert model.embed(torch.from_numpy(_small(1, 2))).shape == (1, 20, SMALL // 8, SMALL // 8)
 
 
 def test_fewer_images_than_channels_still_fit() -> None:

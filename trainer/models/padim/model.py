@@ -1,8 +1,22 @@
 """PaDiM (Defard et al., ICPR 2021) on EfficientNet-Lite0: a Gaussian per position of the patch grid, fitted in closed
-form on the frozen features of good parts; the Mahalanobis distance to it is the anomaly map.
+form on the frozen features of good parts; the Mahalanobis distance to it is the anomaly map, upsampled and
+smoothed as the other models' maps are, and its maximum the score.
 
 `forward` takes the raw uint8 N x H x W x 3 image, so normalization is inside the exported graph and the agent
 feeds camera pixels straight in.
+
+Measured choices (ELPV image AUROC, mean of splits 0 and 1 on the fit's own 80% of the training cells, scored on
+features cached once, blur 8; mono / poly), starting from the paper's recipe (a random 100 channels on the
+finest tap's grid, stride 8 here, no neighbourhood averaging):
+- PatchCore's locally aware features (taps 4 + 10 each averaged over 3 x 3): 96.17 / 91.21 against 95.77 /
+  90.71 without the averaging (100 channels, stride 8);
+- the stride-16 grid (2 x 2 cells averaged, PatchCore's `grid_pool`): 256 Gaussians, not 1,024, level in
+  accuracy (100 channels: 96.21 / 91.23 against 96.17 / 91.21 at stride 8);
+- every channel, not a random subset: 96.14 / 91.92 against 96.21 / 91.23 for 100 and 96.00 / 90.25 for 50. The
+  paper subsamples for memory; at 256 positions all 152 channels take 23.7 MB (the fp32 graph's Gaussians),
+  where the paper's 100 on the stride-8 grid took 41 MB;
+- taps 4 + 7 + 10 (232 channels): 96.03 / 92.39, +0.47 on poly for 2.3 times the graph: a recipe choice.
+The fit extracts the features once (OpenVINO on the CPU) and solves the Gaussians in float64, in seconds.
 """
 
 from __future__ import annotations
@@ -13,6 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from trainer.acceleration import features_on
@@ -29,7 +44,7 @@ FLOAT_BYTES = 4
 
 
 class PaDiM(nn.Module):
-    channel_index: torch.Tensor
+    channel_index: torch.Tensor | None
     whitening: torch.Tensor
     shift: torch.Tensor
     blur_kernel: torch.Tensor
@@ -39,11 +54,14 @@ class PaDiM(nn.Module):
         self.recipe = recipe
         self.backbone = efficientnet_lite(recipe.backbone)
         self.backbone.requires_grad_(False)
-        d = recipe.channels
-        # Saved with the weights rather than drawn again on load: a later torch may draw another subset from the
-        # same seed, and the Gaussians would then read the wrong channels.
-        draw = torch.randperm(recipe.tap_width(), generator=torch.Generator().manual_seed(recipe.seed))
-        self.register_buffer("channel_index", draw[:d].sort().values)
+        d = recipe.feature_width()
+        index = None
+        if d < recipe.tap_width():
+            # Saved with the weights rather than drawn again on load: a later torch may draw another subset from
+            # the same seed, and the Gaussians would then read the wrong channels.
+            draw = torch.randperm(recipe.tap_width(), generator=torch.Generator().manual_seed(recipe.seed))
+            index = draw[:d].sort().values
+        self.register_buffer("channel_index", index)
         # Sized by fit (and by the bundle's weights on load): one row per position of the grid.
         self.register_buffer("whitening", torch.zeros(0, d, d))
         self.register_buffer("shift", torch.zeros(0, 1, d))
@@ -51,9 +69,12 @@ class PaDiM(nn.Module):
         self.eval()
 
     def embed(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8 N x H x W x 3 -> the chosen channels of the locally aware patch features, N x d x h x w."""
+        """uint8 N x H x W x 3 -> the locally aware patch features (the chosen channels) on the grid of the first
+        tap's stride times `grid_pool`, N x d x h x w."""
         features = locally_aware(self.backbone.features(lite_input(image), self.recipe.taps))
-        return features.index_select(1, self.channel_index)
+        if self.recipe.grid_pool > 1:
+            features = F.avg_pool2d(features, self.recipe.grid_pool, ceil_mode=True)
+        return features if self.channel_index is None else features.index_select(1, self.channel_index)
 
     def forward(self, image: torch.Tensor) -> Prediction:
         return self._predict(self.embed(image), (image.shape[1], image.shape[2]))
@@ -86,14 +107,16 @@ class PaDiM(nn.Module):
         )
         extracted = time.perf_counter()
         train, val = features[: len(train_images)], features[len(train_images) :]
-        # 1 / sqrt(d): the map is the Mahalanobis distance per channel, whose square on ELPV's defects stays in
-        # the hundreds where the plain sum reached 11,000, so an fp16 graph keeps a wide margin to its 65,504.
-        self.whitening, self.shift = fit_gaussians(train, self.recipe.ridge, 1 / math.sqrt(self.recipe.channels))
+        # Scaled by 1 / sqrt(d), the map is the Mahalanobis distance per channel. On ELPV split 0's test cells its
+        # square stayed under 144 (mono) where the plain sum reached 21,800, and the whitened features and shifts
+        # under 5.4: an fp16 graph keeps a wide margin to its 65,504.
+        d = self.whitening.shape[1]
+        self.whitening, self.shift = fit_gaussians(train, self.recipe.ridge, 1 / math.sqrt(d))
         fitted = time.perf_counter()
         validation = self._score(val)
         summary = {
             "positions": self.whitening.shape[0],
-            "channels": self.recipe.channels,
+            "channels": d,
             "gaussian_bytes": self.gaussian_bytes(),
             "features_s": round(extracted - started, 2),
             "gaussians_s": round(fitted - extracted, 2),
