@@ -76,7 +76,7 @@ def contenders(model_name: str, data: Path, root: Path, variant: Variant, openvi
         recipe.write_text(f"epochs: {LATENCY_EPOCHS}\n")
     fit(FitOptions(data=data, model=model_name, out=bundle, recipe=recipe))
     manifest = load_bundle(bundle)[1]
-    detail = ", ".join(f"{k} {v}" for k, v in manifest.fit_summary.items() if k in ("memory_bank",))
+    detail = ", ".join(f"{k} {v}" for k, v in manifest.fit_summary.items() if k in ("memory_bank", "channels"))
     label = f"{model_name} ({variant.label}, {detail or f'{LATENCY_EPOCHS} training epochs'})"
     found = [] if openvino_only else [Contender(label, TORCH, bundle, profiled=False)]
     for target, precision in BAKES:

@@ -16,6 +16,7 @@ from trainer.data.synthetic import SyntheticSpec, generate
 from trainer.evaluate import evaluate
 from trainer.fit import HOLDOUT_MAX, HOLDOUT_MIN, FitOptions, RecipeError, fit
 from trainer.fit_target import threshold_line
+from trainer.models import REGISTRY
 from trainer.models.training import TrainingError
 from trainer.report import summary_table, write_report
 from trainer.targets import EVAL_OPTIONS, FALSE_REJECT_RATE, MISS_RATE, OptionError, Target, check_rate
@@ -35,8 +36,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 def fit_command(
     data: Annotated[Path, typer.Option(help="MVTec AD category folder, or a folder layout with good/")],
     out: Annotated[Path, typer.Option(help="where to write the model bundle")],
-    model: Annotated[str, typer.Option(help="model from the registry")] = "patchcore",
-    config: Annotated[Path | None, typer.Option(help="training recipe YAML (keys of the model's recipe)")] = None,
+    model: Annotated[str, typer.Option(help=f"model from the registry: {', '.join(REGISTRY)}")] = "patchcore",
+    config: Annotated[
+        Path | None,
+        typer.Option(help="training recipe YAML: keys of the model's recipe, each commented in configs/<model>.yaml"),
+    ] = None,
     category: Annotated[str | None, typer.Option(help="category, when --data holds several")] = None,
     holdout: Annotated[
         float,
@@ -59,7 +63,9 @@ def fit_command(
         typer.Option(help="with --threshold miss-rate or false-reject-rate: the share to stay at or under (0.01: 1%)"),
     ] = None,
     seed: Annotated[int, typer.Option(help="seed of the hold-out split")] = 0,
-    device: Annotated[str, typer.Option(help="where trained models (simplenet, fastflow) train: cpu or cuda")] = "cpu",
+    device: Annotated[
+        str, typer.Option(help="where simplenet and fastflow train, and padim extracts its features: cpu or cuda")
+    ] = "cpu",
 ) -> None:
     """Learn from good images and write a model bundle.
 

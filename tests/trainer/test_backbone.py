@@ -8,7 +8,7 @@ import pytest
 import torch
 from skimage import data
 
-from trainer.backbones.efficientnet_lite import VARIANTS, efficientnet_lite
+from trainer.backbones.efficientnet_lite import VARIANTS, block_channels, efficientnet_lite
 from trainer.models import REGISTRY
 
 CLASSIFIER_SIZE = 224
@@ -53,3 +53,8 @@ def test_default_taps_sit_at_the_same_strides_in_every_backbone(model: str) -> N
         with torch.no_grad():
             shapes[name] = [t.shape[-2:] for t in efficientnet_lite(name).features(x, recipe.taps)]
     assert shapes["efficientnet-lite0"] == shapes["efficientnet-lite2"]
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_block_channels_without_building_match_the_built_backbone(name: str) -> None:
+    assert block_channels(name) == efficientnet_lite(name).block_channels

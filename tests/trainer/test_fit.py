@@ -79,7 +79,7 @@ def test_fit_cli_skips_a_corrupt_image_and_counts_it(tmp_path: Path, pipeline: P
         ("missing", "does not exist"),
         ("empty", "no images of good parts"),
         ("bad_recipe", "unknown recipe key 'coreset_ratioo'"),
-        ("bad_model", "unknown model 'padim'"),
+        ("bad_model", "unknown model 'cflow'"),
     ],
 )
 def test_fit_cli_bad_input_is_one_clear_line(tmp_path: Path, setup: str, message: str) -> None:
@@ -91,7 +91,7 @@ def test_fit_cli_bad_input_is_one_clear_line(tmp_path: Path, setup: str, message
         (data / "good" / "a.png").write_bytes(b"x")
         recipe = tmp_path / "r.yaml"
         recipe.write_text("coreset_ratioo: 0.1\n")
-        args += ["--config", str(recipe)] if setup == "bad_recipe" else ["--model", "padim"]
+        args += ["--config", str(recipe)] if setup == "bad_recipe" else ["--model", "cflow"]
     result = run_trainer(*args)
     assert result.returncode == 2
     assert message in result.stderr

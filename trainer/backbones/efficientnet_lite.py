@@ -88,6 +88,11 @@ def stage_ends(name: str) -> list[int]:
     return ends
 
 
+def block_channels(name: str) -> list[int]:
+    """Output channels of every block of the named variant, without building it (a recipe checks its taps' width)."""
+    return [stage.out_channels for stage in VARIANTS[name].stages for _ in range(stage.repeats)]
+
+
 def with_default_taps(data: Any, tap_stages: tuple[int, ...]) -> Any:
     """A recipe's raw keys with `taps` filled in when left out: the last blocks of `tap_stages` in the chosen
     backbone, so one recipe default (say stride 8 + stride 16) holds for every backbone."""

@@ -12,6 +12,7 @@ from torch import nn
 
 from trainer.models.fastflow import FastFlow, FastFlowRecipe
 from trainer.models.fit_result import FitResult
+from trainer.models.padim import PaDiM, PaDiMRecipe
 from trainer.models.patchcore import PatchCore, PatchCoreRecipe
 from trainer.models.simplenet import SimpleNet, SimpleNetRecipe
 
@@ -41,4 +42,5 @@ REGISTRY: dict[str, ModelEntry] = {
     "patchcore": ModelEntry(PatchCore, PatchCoreRecipe),
     "fastflow": ModelEntry(FastFlow, FastFlowRecipe),
     "simplenet": ModelEntry(SimpleNet, SimpleNetRecipe),
+    "padim": ModelEntry(PaDiM, PaDiMRecipe),
 }
