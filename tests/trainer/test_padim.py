@@ -139,6 +139,7 @@ def test_shipped_recipe_is_valid() -> None:
     assert load_recipe("padim", CONFIGS / "padim.yaml").model == PaDiMRecipe()
 
 
+@pytest.mark.slow
 def test_int8_quantizes_the_backbone_only() -> None:
     model = PaDiM(PaDiMRecipe(input_size=(SMALL, SMALL), channels=20))
     images = _small(12, 0)
@@ -148,6 +149,7 @@ def test_int8_quantizes_the_backbone_only() -> None:
     assert quantized and all(".backbone." in name for name in quantized), quantized
 
 
+@pytest.mark.slow
 def test_bundle_round_trip_and_openvino_parity(bundle: Path, tmp_path: Path) -> None:
     model, manifest = load_bundle(bundle)
     assert manifest.model == "padim"
