@@ -130,7 +130,8 @@ def _baked_auroc(edge: Path, paths: list[Path], is_defect: np.ndarray) -> float 
     geometry = bundle.manifest.geometry
     frames, kept, _ = read_frames(paths)
     scores = [infer_frame(runtime, f, geometry).score for f in tqdm(frames, desc=f"scoring {edge.name}", unit="img")]
-    labels = is_defect[[paths.index(p) for p in kept]]
+    row_of = {path: i for i, path in enumerate(paths)}
+    labels = is_defect[[row_of[p] for p in kept]]
     return _percent(image_auroc(np.array(scores), labels))
 
 

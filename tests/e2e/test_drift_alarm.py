@@ -8,13 +8,12 @@ import json
 import random
 import shutil
 import signal
-import subprocess
 import urllib.request
 from pathlib import Path
 
 import yaml
 from pipeline import Pipeline
-from test_pipeline import AGENT, STATION, agent_config
+from test_pipeline import STATION, agent_config, start_agent
 
 from demo.broker import Broker
 from demo.collector import MqttCollector
@@ -43,11 +42,9 @@ def test_a_replay_of_defects_raises_the_drift_alarm_on_mqtt_metrics_and_stats(
 ) -> None:
     defects_replay(pipeline, tmp_path / "replay")
     camera = {"source": "folder", "path": str(tmp_path / "replay"), "fps": 50, "loop": True}
-    config = agent_config(tmp_path, mqtt_broker, pipeline, camera)
+    overrides = {"drift": DRIFT, "metrics": {"stats_interval_s": 0.5}}
+    config = agent_config(tmp_path, mqtt_broker, pipeline, camera, overrides)
     settings = yaml.safe_load(config.read_text())
-    settings["drift"] = DRIFT
-    settings["metrics"]["stats_interval_s"] = 0.5
-    config.write_text(yaml.safe_dump(settings))
     manifest = load_edge_bundle(pipeline.edge).manifest
     assert manifest.score_reference is not None
     topic = f"inspect/{STATION}/cam0"
@@ -55,12 +52,7 @@ def test_a_replay_of_defects_raises_the_drift_alarm_on_mqtt_metrics_and_stats(
         MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{topic}/event") as events,
         MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{topic}/stats") as stats,
     ):
-        agent = subprocess.Popen(
-            [*AGENT, "run", "--camera", "cam0", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        agent = start_agent(config)
         try:
             [first] = events.wait_for(1, WAIT_S)
             alarmed = stats.wait_until(

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pipeline import Pipeline
@@ -32,7 +33,13 @@ def flat_replay(pipeline: Pipeline, folder: Path) -> dict[str, bool]:
     return truth
 
 
-def agent_config(tmp_path: Path, broker: Broker, pipeline: Pipeline, camera: dict[str, object]) -> Path:
+def agent_config(
+    tmp_path: Path,
+    broker: Broker,
+    pipeline: Pipeline,
+    camera: dict[str, object],
+    overrides: dict[str, Any] | None = None,  # merged into the sections, key by key
+) -> Path:
     cameras = {"cam0": camera, "gige0": {"source": "genicam", "cti": "viky"}}
     config = {
         "version": 1,
@@ -46,8 +53,22 @@ def agent_config(tmp_path: Path, broker: Broker, pipeline: Pipeline, camera: dic
         "metrics": {"port": free_ports(len(cameras))},
     }
     path = tmp_path / "agent.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(_merged(config, overrides or {})))
     return path
+
+
+def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        both_sections = isinstance(value, dict) and isinstance(base.get(key), dict)
+        merged[key] = _merged(base[key], value) if both_sections else value
+    return merged
+
+
+def start_agent(config: Path, camera: str = "cam0") -> subprocess.Popen[str]:
+    """`edge-agent run` in a process of its own, its output captured."""
+    command = [*AGENT, "run", "--camera", camera, "--config", str(config)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def run_agent(*args: str) -> subprocess.CompletedProcess[str]:
@@ -101,12 +122,7 @@ def test_sigterm_stops_cleanly_after_delivering_in_flight_verdicts(
         MqttCollector(mqtt_broker.host, mqtt_broker.port, f"inspect/{STATION}/cam0/verdict") as verdicts,
         MqttCollector(mqtt_broker.host, mqtt_broker.port, f"inspect/{STATION}/cam0/status") as status,
     ):
-        agent = subprocess.Popen(
-            [*AGENT, "run", "--camera", "cam0", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        agent = start_agent(config)
         verdicts.wait_for(10, WAIT_S)
         agent.send_signal(signal.SIGTERM)
         out, err = agent.communicate(timeout=60)

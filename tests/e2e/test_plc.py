@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from asyncua import Client
 from pipeline import Pipeline
 from pymodbus.client import ModbusTcpClient
-from test_pipeline import AGENT, STATION, agent_config
+from test_pipeline import STATION, agent_config, run_agent, start_agent
 
 from demo.broker import HOST, Broker, free_ports
 from demo.collector import MqttCollector
@@ -30,12 +29,6 @@ CAMERA = "gige0"  # the viky simulator, second in the config: it serves on the b
 CAMERA_INDEX = 1
 UNIT = 1
 WAIT_S = 60.0  # the agent compiles its model before the servers start
-
-
-def with_plc(config: Path, plc: dict[str, Any]) -> None:
-    settings = yaml.safe_load(config.read_text())
-    settings["plc"] = plc
-    config.write_text(yaml.safe_dump(settings))
 
 
 def u32(regs: list[int], address: int) -> int:
@@ -64,9 +57,9 @@ def checked(agent: subprocess.Popen[str], condition: Callable[[], object]) -> Ca
 def test_a_plc_reads_the_verdicts_over_modbus_and_opc_ua(
     tmp_path: Path, mqtt_broker: Broker, pipeline: Pipeline
 ) -> None:
-    config = agent_config(tmp_path, mqtt_broker, pipeline, {"source": "folder", "path": str(tmp_path)})
     modbus_base, opcua_base = free_ports(2), free_ports(2)
-    with_plc(config, {"modbus": {"enabled": True, "port": modbus_base}, "opcua": {"enabled": True, "port": opcua_base}})
+    plc = {"modbus": {"enabled": True, "port": modbus_base}, "opcua": {"enabled": True, "port": opcua_base}}
+    config = agent_config(tmp_path, mqtt_broker, pipeline, {"source": "folder", "path": str(tmp_path)}, {"plc": plc})
     client = ModbusTcpClient(HOST, port=modbus_base + CAMERA_INDEX, timeout=10)
 
     def read_inputs() -> list[int] | None:
@@ -84,12 +77,7 @@ def test_a_plc_reads_the_verdicts_over_modbus_and_opc_ua(
             return dict(zip(names, await ua_client.read_values(nodes), strict=True))
 
     with MqttCollector(mqtt_broker.host, mqtt_broker.port, f"inspect/{STATION}/{CAMERA}/verdict") as verdicts:
-        agent = subprocess.Popen(
-            [*AGENT, "run", "--camera", CAMERA, "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        agent = start_agent(config, CAMERA)
         try:
             regs: list[int] = []
 
@@ -130,15 +118,13 @@ def test_a_plc_port_in_use_stops_the_agent_with_one_line(tmp_path: Path, pipelin
     images.mkdir()
     shutil.copy(next((pipeline.data / "test" / "good").iterdir()), images)
     broker = Broker(HOST, 1, "mosquitto")  # never reached: the agent stops before it connects
-    config = agent_config(tmp_path, broker, pipeline, {"source": "folder", "path": str(images)})
     with socket.socket() as busy:
         busy.bind((HOST, 0))
         busy.listen()
         port = busy.getsockname()[1]
-        with_plc(config, {"opcua": {"enabled": True, "port": port}})
-        result = subprocess.run(
-            [*AGENT, "run", "--camera", "cam0", "--config", str(config)], capture_output=True, text=True, timeout=180
-        )
+        plc = {"opcua": {"enabled": True, "port": port}}
+        config = agent_config(tmp_path, broker, pipeline, {"source": "folder", "path": str(images)}, {"plc": plc})
+        result = run_agent("--camera", "cam0", "--config", str(config))
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]

@@ -6,14 +6,13 @@ import itertools
 import json
 import shutil
 import signal
-import subprocess
 import urllib.request
 from pathlib import Path
 
 import paho.mqtt.publish
 import yaml
 from pipeline import Pipeline
-from test_pipeline import AGENT, STATION, agent_config, flat_replay
+from test_pipeline import STATION, agent_config, flat_replay, start_agent
 
 from converters.bake import BakeOptions, bake
 from converters.guard import Guard
@@ -51,21 +50,15 @@ def test_reload_by_mqtt_and_sighup_swaps_without_losing_a_frame_and_refuses_a_co
         f.write(b"\xff\xfe\xfd\xfc")
     flat_replay(pipeline, tmp_path / "replay")
     camera = {"source": "folder", "path": str(tmp_path / "replay"), "fps": 20, "loop": True, "queue_size": 64}
-    config = agent_config(tmp_path, mqtt_broker, pipeline, camera)
+    # reload_dirs: where the two bundles to swap to are.
+    config = agent_config(tmp_path, mqtt_broker, pipeline, camera, {"model": {"reload_dirs": [str(tmp_path)]}})
     settings = yaml.safe_load(config.read_text())
-    settings["model"]["reload_dirs"] = [str(tmp_path)]  # where the two bundles to swap to are
-    config.write_text(yaml.safe_dump(settings))
     topic = f"inspect/{STATION}/cam0"
     with (
         MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{topic}/verdict") as verdicts,
         MqttCollector(mqtt_broker.host, mqtt_broker.port, f"{topic}/event") as events,
     ):
-        agent = subprocess.Popen(
-            [*AGENT, "run", "--camera", "cam0", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        agent = start_agent(config)
         try:
             verdicts.wait_for(5, WAIT_S)
             _losses_are_on_the_metrics_page(settings["metrics"]["port"])

@@ -90,7 +90,11 @@ def stage_ends(name: str) -> list[int]:
 
 def block_channels(name: str) -> list[int]:
     """Output channels of every block of the named variant, without building it (a recipe checks its taps' width)."""
-    return [stage.out_channels for stage in VARIANTS[name].stages for _ in range(stage.repeats)]
+    return _block_channels(VARIANTS[name].stages)
+
+
+def _block_channels(stages: tuple[Stage, ...]) -> list[int]:
+    return [stage.out_channels for stage in stages for _ in range(stage.repeats)]
 
 
 def with_default_taps(data: Any, tap_stages: tuple[int, ...]) -> Any:
@@ -147,7 +151,7 @@ class EfficientNetLite(nn.Module):
         self._bn0 = nn.BatchNorm2d(STEM_CHANNELS, momentum=BN_MOMENTUM, eps=BN_EPS)
         blocks: list[nn.Module] = []
         in_ch = STEM_CHANNELS
-        self.block_channels: list[int] = []
+        self.block_channels = _block_channels(stages)
         self.block_strides: list[int] = []
         total_stride = 2
         for stage in stages:
@@ -156,7 +160,6 @@ class EfficientNetLite(nn.Module):
                 total_stride *= stride
                 blocks.append(MBConv(in_ch, stage.out_channels, stage.kernel, stride, stage.expand))
                 in_ch = stage.out_channels
-                self.block_channels.append(in_ch)
                 self.block_strides.append(total_stride)
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = nn.Conv2d(in_ch, HEAD_CHANNELS, 1, bias=False)
