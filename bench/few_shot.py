@@ -172,8 +172,9 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=DRAWS, help="seeded draws of the shots per split")
     args = parser.parse_args()
     results = {}
-    for name in args.datasets:
-        for seed in args.seed:
+    # Split by split, both data sets each: a run cut short still has every data set on its first splits.
+    for seed in args.seed:
+        for name in args.datasets:
             results[name, seed] = measure_split(name, seed, args.shots, args.draws, args.models)
     print()
     print(table(results, args.datasets, args.shots, args.models))

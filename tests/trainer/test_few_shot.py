@@ -11,6 +11,7 @@ import torch
 from in_process import run_main
 
 import trainer.cli
+from converters.bake import BakeError, BakeOptions, bake
 from trainer.bundle import load_bundle
 from trainer.data.dataset import DataError
 from trainer.evaluate import evaluate
@@ -66,7 +67,14 @@ def recipe_file(path: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("model", "goods"), [("patchcore", 1), ("patchcore", 2), ("patchcore", 4), ("padim", 2), ("padim", 4)]
+    ("model", "goods"),
+    [
+        ("patchcore", 1),
+        ("padim", 2),
+        pytest.param("patchcore", 2, marks=pytest.mark.slow),
+        pytest.param("patchcore", 4, marks=pytest.mark.slow),
+        pytest.param("padim", 4, marks=pytest.mark.slow),
+    ],
 )
 def test_few_goods_fit_all_of_them_and_set_the_threshold_out_of_sample(tmp_path: Path, model: str, goods: int) -> None:
     data = make_data(tmp_path / "data", goods)
@@ -89,7 +97,7 @@ def test_few_goods_fit_all_of_them_and_set_the_threshold_out_of_sample(tmp_path:
 
 @pytest.mark.parametrize("family", ["patchcore", "padim"])
 def test_each_leave_one_out_score_is_that_of_a_fit_without_the_image(family: str) -> None:
-    goods = 4
+    goods = 3
     images = np.stack([texture(i) for i in range(goods)])
     make = {
         "patchcore": lambda: PatchCore(PatchCoreRecipe(input_size=(SIZE, SIZE))),
@@ -165,3 +173,22 @@ def test_the_cli_with_one_good_warns_the_threshold_is_provisional(tmp_path: Path
     assert "the threshold is provisional" in result.stderr
     assert "'few_shot': {'goods': 1, 'calibration': 'held-out blocks'}" in result.stdout
     assert (out / "manifest.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_a_few_shot_bundle_bakes_with_calib_images_and_no_drift_reference(tmp_path: Path) -> None:
+    """It learned from every good image, so none is left for bake's parity check or the drift watch's reference:
+    bake asks for --calib images and says why, and bakes with them."""
+    data = make_data(tmp_path / "data", 2)
+    bundle = tmp_path / "model"
+    fit(FitOptions(data=data, model="patchcore", out=bundle, recipe=recipe_file(tmp_path / "r.yaml")))
+    with pytest.raises(
+        BakeError, match=r"^the bundle was fitted in few-shot mode on all 2 of its good images and kept "
+    ):
+        bake(BakeOptions(bundle=bundle, out=tmp_path / "edge"))
+    calib = tmp_path / "calib"
+    for i in range(3):
+        write(calib / f"{i}.png", texture(400 + i))
+    edge = bake(BakeOptions(bundle=bundle, out=tmp_path / "edge", calib=calib))
+    assert edge.score_reference is None
+    assert edge.parity.images == 3
