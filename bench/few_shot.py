@@ -176,6 +176,9 @@ def main() -> None:
     for seed in args.seed:
         for name in args.datasets:
             results[name, seed] = measure_split(name, seed, args.shots, args.draws, args.models)
+        if seed != args.seed[-1]:  # the splits so far, in case a long run has to be cut
+            print(f"\nsplits {', '.join(str(s) for s in args.seed[: args.seed.index(seed) + 1])}:")
+            print(table(results, args.datasets, args.shots, args.models), flush=True)
     print()
     print(table(results, args.datasets, args.shots, args.models))
 
