@@ -10,6 +10,7 @@ import numpy as np
 from pydantic import BaseModel
 from torch import nn
 
+from trainer.models.ensemble import Ensemble, EnsembleRecipe
 from trainer.models.fastflow import FastFlow, FastFlowRecipe
 from trainer.models.fit_result import FitResult
 from trainer.models.padim import PaDiM, PaDiMRecipe
@@ -43,4 +44,5 @@ REGISTRY: dict[str, ModelEntry] = {
     "fastflow": ModelEntry(FastFlow, FastFlowRecipe),
     "simplenet": ModelEntry(SimpleNet, SimpleNetRecipe),
     "padim": ModelEntry(PaDiM, PaDiMRecipe),
+    "ensemble": ModelEntry(Ensemble, EnsembleRecipe),
 }
