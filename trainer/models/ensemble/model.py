@@ -1,6 +1,7 @@
 """An ensemble of model families on one backbone pass: PatchCore and FastFlow by default. Each member's score and
 map are put on the scale of its own validation goods, z = (x - mean) / std with that member's validation score
-statistics, and the ensemble's score and map are the means of its members' z. On ELPV splits 0-2 this mean beat
+statistics, and the ensemble's score and map are the means of its members' z (shifted by a constant, so scores
+stay positive). On ELPV splits 0-2 this mean beat
 the best single family on every split (README, Ensembles: mono +0.14, poly +0.75 AUROC points).
 
 `forward` takes the raw uint8 N x H x W x 3 image and runs the backbone once, at the union of the members' taps
@@ -31,6 +32,11 @@ MEMBERS = ("patchcore", "fastflow")
 # Floor of a member's validation score spread: a member whose goods all score alike would otherwise divide by ~0.
 MIN_SCORE_STD = 1e-6
 STAT_DIGITS = 6
+# Added to the mean z, score and map alike: the goods' scores land near 10 instead of 0, so every score stays
+# positive, as the agent and bake assume of a score (score / threshold ratios, the parity's relative differences,
+# the guard's margin as a share of the threshold), and sits about where PatchCore's do (ELPV goods: 10-11, the
+# threshold 2-3 above). The ranking, and so the AUROC, is the measured mean z's.
+GOODS_LEVEL = 10.0
 
 
 class Member(Protocol):
@@ -116,8 +122,8 @@ class Ensemble(nn.Module):
         return FitResult(summary, self.combine(validation))
 
     def combine(self, predictions: list[Prediction]) -> Prediction:
-        """The members' predictions (in MEMBERS order) as the ensemble's: the means of their z."""
+        """The members' predictions (in MEMBERS order) as the ensemble's: the means of their z, plus GOODS_LEVEL."""
         mean, std = self.score_mean.view(-1, 1, 1, 1, 1), self.score_std.view(-1, 1, 1, 1, 1)
         maps = (torch.stack([p.anomaly_map for p in predictions]) - mean) / std
         scores = (torch.stack([p.score for p in predictions]) - mean.view(-1, 1)) / std.view(-1, 1)
-        return Prediction(anomaly_map=maps.mean(dim=0), score=scores.mean(dim=0))
+        return Prediction(anomaly_map=maps.mean(dim=0) + GOODS_LEVEL, score=scores.mean(dim=0) + GOODS_LEVEL)
