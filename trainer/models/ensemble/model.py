@@ -102,12 +102,21 @@ class Ensemble(nn.Module):
         normalisation from its scores of the validation images. No member learns from those, so the combined
         validation prediction, on which `trainer fit` calibrates the threshold, is out-of-sample too."""
         summary: dict[str, Any] = {}
+        counted = [0]
+
+        def share(count: int) -> None:
+            """Every member extracts every image: each counts for its share, so the bar ends at its total."""
+            before = counted[0] // len(MEMBERS)
+            counted[0] += count
+            if progress is not None:
+                progress(counted[0] // len(MEMBERS) - before)
+
         validation: list[Prediction] = []
         for name, member in zip(MEMBERS, self.members(), strict=True):
             started = time.perf_counter()
             # A member fits where its own modules are (PatchCore: always the CPU), so the shared backbone goes there.
             self.backbone.to(module_device(getattr(self, name)))
-            result = member.fit(train_images, val_images, progress)
+            result = member.fit(train_images, val_images, share)
             validation.append(result.validation)
             summary[name] = {**result.summary, "fit_s": round(time.perf_counter() - started, 2)}
         self.backbone.to(module_device(self.fastflow))
