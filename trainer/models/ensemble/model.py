@@ -34,8 +34,8 @@ MIN_SCORE_STD = 1e-6
 STAT_DIGITS = 6
 # Added to the mean z, score and map alike: the goods' scores land near 10 instead of 0, so every score stays
 # positive, as the agent and bake assume of a score (score / threshold ratios, the parity's relative differences,
-# the guard's margin as a share of the threshold), and sits about where PatchCore's do (ELPV goods: 10-11, the
-# threshold 2-3 above). The ranking, and so the AUROC, is the measured mean z's.
+# the guard's margin as a share of the threshold). On ELPV mono split 0 the goods averaged 10.0 against a threshold
+# of 13.4 (PatchCore's: 17.4 against 27.2). The ranking, and so the AUROC, is the measured mean z's.
 GOODS_LEVEL = 10.0
 
 
