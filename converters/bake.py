@@ -144,15 +144,19 @@ def _calibration(
 def _frames(training: TrainingSet, options: BakeOptions) -> Frames:
     paths = [Path(p) for p in training.validation if Path(p).is_file()]
     calib = _read_folder(options.calib, "--calib") if options.calib is not None else None
+    # A few-shot bundle (trainer/few_shot.py) learned from every good image it had, so it lists none.
+    missing = (
+        f"the bundle was fitted in few-shot mode on all {training.count} of its good images and kept none"
+        if not training.validation
+        else "the bundle's validation images are not on this machine"
+    )
     if paths:
         good, _, _ = read_frames(paths[:MAX_PARITY_IMAGES])
     elif calib is not None:
-        log.warning("the bundle's validation images are not on this machine; checking parity on --calib images")
+        log.warning("%s; checking parity on --calib images", missing)
         good = calib[:MAX_PARITY_IMAGES]
     else:
-        raise BakeError(
-            "the bundle's validation images are not on this machine; pass --calib DIR with images of good parts"
-        )
+        raise BakeError(f"{missing}; pass --calib DIR with images of good parts")
     if not good:
         raise BakeError("none of the validation images could be read; pass --calib DIR with images of good parts")
     defects = _read_folder(options.defects, "--defects") if options.defects is not None else []

@@ -25,6 +25,12 @@ def score_reference(runtime: Runtime, validation: list[str], geometry: Geometry)
     """Every readable validation image (all of them, not only the parity check's first few) through the baked
     graph. Only these will do: they are good parts the model never learned from, while a training image scores
     lower than any new part would. None, with a warning, when they are not on this machine."""
+    if not validation:
+        log.warning(
+            "the bundle lists no validation images (a few-shot fit learns from every good image): the edge bundle "
+            "gets no score reference, so the agent's drift watch stays off for it; fit again with more good images"
+        )
+        return None
     paths = [Path(p) for p in validation if Path(p).is_file()]
     step = max(1, -(-len(paths) // MAX_REFERENCE_IMAGES))  # spread over the whole set, not its first files
     scores: list[float] = []

@@ -108,16 +108,23 @@ START_ATTEMPTS = 5
 
 
 @contextmanager
-def start_mosquitto(port: int | None = None, listener_settings: str = ANONYMOUS) -> Iterator[Broker]:
+def start_mosquitto(
+    port: int | None = None, listener_settings: str = ANONYMOUS, persistence_dir: Path | None = None
+) -> Iterator[Broker]:
     """A real mosquitto on `port` (a free one if None); RuntimeError if mosquitto is not installed.
-    `listener_settings` are mosquitto.conf lines for the listener (TLS files, password file)."""
+    `listener_settings` are mosquitto.conf lines for the listener (TLS files, password file). With
+    `persistence_dir`, sessions, subscriptions and queued messages are saved there when the broker stops and read
+    back by the next one started with it: a broker restart that loses nothing for a persistent subscriber."""
     exe = find_mosquitto()
     if exe is None:
         raise RuntimeError(MOSQUITTO_MISSING)
+    persistence = (
+        "persistence false" if persistence_dir is None else f"persistence true\npersistence_location {persistence_dir}/"
+    )
 
     def config(port: int, folder: Path) -> list[str]:
         conf = folder / "mosquitto.conf"
-        conf.write_text(f"listener {port} {HOST}\n{listener_settings}\npersistence false\nlog_dest stderr\n")
+        conf.write_text(f"listener {port} {HOST}\n{listener_settings}\n{persistence}\nlog_dest stderr\n")
         return [exe, "-c", str(conf)]
 
     # Logged once every listener is bound: a connection before it could reach whoever else holds the port.

@@ -52,7 +52,9 @@ class TrainingSet(BaseModel):
     count: int
     skipped: list[str]
     sha256: str
-    validation: list[str]  # scored out-of-sample to calibrate the threshold
+    # Scored out-of-sample to calibrate the threshold. Empty, like holdout, after a few-shot fit, which learns from
+    # every good image and scores each by leave-one-out (fit_summary.few_shot).
+    validation: list[str]
     holdout: list[str]  # never learned from: fair test images for `trainer eval`
 
 

@@ -1,4 +1,6 @@
-"""`trainer fit`: read good images, hold some out, fit the model, calibrate the threshold, write the bundle."""
+"""`trainer fit`: read good images, hold some out, fit the model, calibrate the threshold, write the bundle.
+
+With few good images PatchCore and PaDiM learn from all of them and calibrate by leave-one-out (trainer/few_shot.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ import numpy as np
 import torch
 import yaml
 from pydantic import ValidationError
+from torch import nn
 from tqdm import tqdm
 
 from edge_agent.geometry import Geometry, Prepared, prepare
+from trainer import few_shot
 from trainer.bundle import ModelManifest, write_bundle
 from trainer.data.dataset import DataError, Dataset
 from trainer.data.layouts import discover
@@ -252,6 +256,20 @@ def _check_threshold_options(options: FitOptions) -> Target | None:
     return threshold_target(options.threshold, options.target_rate)
 
 
+def _fit_with_holdout(
+    model: nn.Module, name: str, train: list[np.ndarray], held_out: list[np.ndarray], geometry: Geometry
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Fit on `train` and score the held-out goods, which the model never learns from: the fit summary, and one
+    out-of-sample score per held-out image."""
+    inputs = model_inputs(train, geometry)
+    val_prepared = [prepare(f, geometry) for f in held_out]
+    val_inputs = np.concatenate([p.inputs for p in val_prepared])
+    with tqdm(total=len(inputs) + len(val_inputs), desc=f"fitting {name}", unit="input") as bar:
+        result = cast(Fittable, model).fit(inputs, val_inputs, progress=bar.update)
+    del inputs, val_inputs
+    return result.summary, _frame_scores(result.validation, val_prepared, geometry)
+
+
 def fit(options: FitOptions) -> ModelManifest:
     target = _check_threshold_options(options)
     recipe = load_recipe(options.model, options.recipe)
@@ -264,22 +282,28 @@ def fit(options: FitOptions) -> ModelManifest:
     read_s = time.perf_counter() - started
     if skipped:
         log.warning("skipped %d unreadable image(s) of %d", len(skipped), len(data.train))
-    _check_enough_images(len(frames), options.holdout, _good_folder(data, options.data))
+    folder = _good_folder(data, options.data)
+    few_shot_mode = few_shot.applies(options.model, len(frames))
+    if few_shot_mode:
+        few_shot.check_images(options.model, len(frames), folder)
+    else:
+        _check_enough_images(len(frames), options.holdout, folder)
     warn_mixed_sizes([(f.shape[0], f.shape[1]) for f in frames], "good images", geometry, "recipe's")
-    train_idx, val_idx = _split(len(frames), options.holdout, options.seed)
-    inputs = model_inputs([frames[i] for i in train_idx], geometry)
-    val_prepared = [prepare(frames[i], geometry) for i in val_idx]
-    val_inputs = np.concatenate([p.inputs for p in val_prepared])
 
     torch.manual_seed(recipe.model.seed)
     model = REGISTRY[options.model].model(recipe.model).to(training_device(options.device))
-    with tqdm(total=len(inputs) + len(val_inputs), desc=f"fitting {options.model}", unit="input") as bar:
-        result = cast(Fittable, model).fit(inputs, val_inputs, progress=bar.update)
-    del inputs, val_inputs
-    _warn_small_bank(result.summary, recipe.model, len(train_idx))
+    if few_shot_mode:
+        train_idx, val_idx = np.arange(len(frames)), np.zeros(0, dtype=int)
+        with tqdm(total=len(model_inputs(frames, geometry)), desc=f"fitting {options.model}", unit="input") as bar:
+            shot = few_shot.fit_few_shot(model, frames, geometry, progress=bar.update)
+        few_shot.announce(shot, options.holdout)
+        summary, val_scores = shot.summary, shot.scores
+    else:
+        train_idx, val_idx = _split(len(frames), options.holdout, options.seed)
+        learn, held_out = [frames[i] for i in train_idx], [frames[i] for i in val_idx]
+        summary, val_scores = _fit_with_holdout(model, options.model, learn, held_out, geometry)
+    _warn_small_bank(summary, recipe.model, len(train_idx))
     model.cpu().eval()
-
-    val_scores = _frame_scores(result.validation, val_prepared, geometry)
     threshold = calibrate_threshold(val_scores, options.threshold_quantile)
     scoring = time.perf_counter()
     test = _score_test_images(model, data, geometry)
@@ -312,7 +336,7 @@ def fit(options: FitOptions) -> ModelManifest:
             "validation": validation,
             "holdout": validation,
         },
-        "fit_summary": {**result.summary, **stages},
+        "fit_summary": {**summary, **stages},
         "validation_scores": score_stats(val_scores),
         "threshold": threshold,
         "threshold_method": options.threshold,

@@ -41,6 +41,12 @@ GENTL_PATH_VARIABLE = "GENICAM_GENTL64_PATH"
 CTI_SUFFIX = ".cti"
 # Producers named in the "not found" line; a site with many vendors installed must still get one readable line.
 CTI_NAMED = 3
+# A camera that delivers nothing is asked this often whether its device is still there: the GenTL device module's
+# DeviceAccessStatus, which the producer keeps from its transport (a GigE producer's heartbeat, a USB detach).
+# Under a hardware trigger silence is normal, so without it a pulled cable would look like an idle line.
+HEARTBEAT_S = 1.0
+DEVICE_ACCESS_STATUS = "DeviceAccessStatus"
+OPEN_STATUSES = frozenset({"OpenReadWrite", "OpenReadOnly"})
 
 
 def resolve_cti(cti: str) -> Path:
@@ -147,6 +153,8 @@ class GenicamCamera:
         # This camera's frame count: never reset by a reopen, where the device's own count starts over. (The
         # agent's loop renumbers frames again, to keep counting across restarts: edge_agent.frame_ids.)
         self._frames = 0
+        self._heartbeat_at = 0.0
+        self._heartbeat = True  # off for a producer without DeviceAccessStatus, after one warning
 
     @property
     def is_open(self) -> bool:
@@ -301,6 +309,7 @@ class GenicamCamera:
                 acquirer.remote_device.node_map.get_node("TriggerSoftware").execute()
             buffer = _poll(acquirer, timeout_s)
             if buffer is None:
+                self._check_device(acquirer)
                 return None
             captured_at = time.time()
             captured_mono = time.monotonic()
@@ -311,6 +320,7 @@ class GenicamCamera:
                     camera_timestamp = _optional_int(buffer.module, "timestamp_ns")
                 component = _copy_component(buffer.payload.components)  # the buffer goes back on exit
         except TimeoutException:
+            self._check_device(acquirer)
             return None
         except CameraError:
             raise
@@ -330,6 +340,37 @@ class GenicamCamera:
             error=error,
             camera_frame_id=camera_frame_id,
         )
+
+    def _check_device(self, acquirer: Any) -> None:
+        """CameraError when the producer says the device is no longer open; at most every HEARTBEAT_S."""
+        now = time.monotonic()
+        if not self._heartbeat or now - self._heartbeat_at < HEARTBEAT_S:
+            return
+        self._heartbeat_at = now
+        try:
+            node = acquirer.device.node_map.get_node(DEVICE_ACCESS_STATUS)
+        except Exception:
+            self._heartbeat = False
+            logger.warning(
+                "camera %s: the GenTL producer has no %s node, so a device lost under a hardware trigger shows only "
+                "as silence",
+                self.name,
+                DEVICE_ACCESS_STATUS,
+            )
+            return
+        try:
+            node.node.invalidate_node()  # read the producer's current answer, not GenApi's cache
+            status = str(node.value)
+        except Exception as e:
+            raise CameraError(
+                f"camera {self.name}: device {self.source} did not answer the heartbeat ({type(e).__name__}: {e}); "
+                "check its cable, power and network"
+            ) from e
+        if status not in OPEN_STATUSES:
+            raise CameraError(
+                f"camera {self.name}: the GenTL producer reports device {self.source} as {status}, no longer open; "
+                "check its cable, power and network"
+            )
 
     def _convert(self, component: _Component | None) -> tuple[np.ndarray, str | None]:
         """The buffer's image, or NO_IMAGE and why not: a bad buffer from a working camera is that frame's

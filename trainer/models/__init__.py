@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
+import torch
 from pydantic import BaseModel
 from torch import nn
 
@@ -31,6 +32,25 @@ class Fittable(Protocol):
     def fit(
         self, train_images: np.ndarray, val_images: np.ndarray, progress: Callable[[int], None] | None = None
     ) -> FitResult: ...
+
+
+class LeaveOneOut(Protocol):
+    """What the few-shot start (trainer/few_shot.py) calls on the families that learn without training (PatchCore,
+    PaDiM): fit on every input, and predict each input as the fit without its group (the inputs of one good
+    image) would."""
+
+    def fit_leave_one_out(
+        self, images: np.ndarray, groups: np.ndarray, progress: Callable[[int], None] | None = None
+    ) -> FitResult: ...
+
+
+class HeldOutBlocks(Protocol):
+    """The few-shot start with a single good image (PatchCore): fit on it, and score blocks of its patch grid
+    against a model without each block."""
+
+    def fit_held_out_blocks(
+        self, images: np.ndarray, progress: Callable[[int], None] | None = None
+    ) -> tuple[dict[str, Any], torch.Tensor]: ...
 
 
 @dataclass(frozen=True)

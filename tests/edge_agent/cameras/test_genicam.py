@@ -272,6 +272,84 @@ def test_grab_returns_none_on_timeout(open_camera: OpenCamera) -> None:
     assert drain(camera)[-1] is None
 
 
+# --- the heartbeat: a device lost while no frame comes (a hardware trigger's idle line) -------------------
+
+
+class DeviceStatus:
+    """Stands in for the acquirer's GenTL device module, whose DeviceAccessStatus the producer keeps."""
+
+    def __init__(self, status: str | Exception) -> None:
+        self.status = status
+        self.node_map = self
+        self.node = self  # the GenApi node behind the value, as harvesters exposes it
+
+    def get_node(self, name: str) -> DeviceStatus:
+        assert name == genicam_module.DEVICE_ACCESS_STATUS
+        return self
+
+    def invalidate_node(self) -> None:
+        pass
+
+    @property
+    def value(self) -> str:
+        if isinstance(self.status, Exception):
+            raise self.status
+        return self.status
+
+
+class WithDevice:
+    """The real acquirer, but with `device` replaced: viky's devices cannot be unplugged."""
+
+    def __init__(self, acquirer: Any, device: DeviceStatus) -> None:
+        self._acquirer = acquirer
+        self.device = device
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._acquirer, name)
+
+
+def test_a_silent_camera_whose_device_is_still_open_is_no_camera_loss(
+    open_camera: OpenCamera, caplog: pytest.LogCaptureFixture
+) -> None:
+    camera = open_camera()
+    assert camera._acquirer is not None
+    status = camera._acquirer.device.node_map.get_node(genicam_module.DEVICE_ACCESS_STATUS).value
+    assert status in genicam_module.OPEN_STATUSES, "viky reports its open device through the standard node"
+    assert drain(camera)[-1] is None
+    assert drain(camera)[-1] is None
+    assert genicam_module.DEVICE_ACCESS_STATUS not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [("NoAccess", "reports device .* as NoAccess, no longer open"), (RuntimeError("port read failed"), "heartbeat")],
+)
+def test_a_device_the_producer_no_longer_has_open_is_a_camera_error(
+    open_camera: OpenCamera, monkeypatch: pytest.MonkeyPatch, status: str | Exception, message: str
+) -> None:
+    camera = open_camera()
+    grab_frames(camera, 1)
+    monkeypatch.setattr(camera, "_acquirer", WithDevice(camera._acquirer, DeviceStatus(status)))
+    with pytest.raises(CameraError, match=message):
+        drain(camera)
+
+
+def test_the_heartbeat_asks_at_most_once_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = PollLog(buffer_at_fetch=None)
+    monkeypatch.setattr(genicam_module, "time", clock)
+    asked = []
+    device = DeviceStatus("OpenReadWrite")
+    monkeypatch.setattr(device, "invalidate_node", lambda: asked.append(clock.now))
+    camera = GenicamCamera("gige0", GenicamCameraConfig(source="genicam"))
+    camera._acquirer = WithDevice(clock, device)
+    for _ in range(30):
+        assert camera.grab(0.1) is None
+    # 30 empty grabs of 0.1 s (and the polls' sleeps) span about 3 s: one question at the first, then one a second
+    assert len(asked) == 3
+    assert all(later - earlier >= genicam_module.HEARTBEAT_S for earlier, later in itertools.pairwise(asked))
+    camera._acquirer = None
+
+
 # Why the camera polls: harvesters waited for a buffer in back-to-back 1 ms GenTL calls that hold the GIL, so the
 # inference thread, needing the GIL back after each of its native calls, waited up to Python's switch interval
 # (5 ms) every time. The tests below check what the fix is made of (a GenTL call that never waits, a sleep between

@@ -28,6 +28,7 @@ from trainer.models.fit_result import FitResult
 from trainer.models.patch_features import locally_aware
 from trainer.models.patchcore.bank import block_scales, int8_encode, pq_decode, pq_encode
 from trainer.models.patchcore.coreset import greedy_coreset
+from trainer.models.patchcore.leave_out import held_out_blocks, leave_groups_out
 from trainer.models.patchcore.recipe import PatchCoreRecipe
 from trainer.models.patchcore.search import nearest_in_eager, principal_axes, smallest, squared_distances
 from trainer.models.prediction import Prediction
@@ -291,15 +292,30 @@ class PatchCore(nn.Module):
         # PatchCore does not train: its features come fastest through OpenVINO on the CPU, whatever --device says.
         self.cpu()
         started = time.perf_counter()
-        chunks = batched_features(
-            self.embed, np.concatenate([train_images, val_images]), self.recipe.batch_size, progress
-        )
-        d, h, w = chunks[0].shape[1:]
-        features = patch_rows(chunks)
+        features, grid = self.patch_features(np.concatenate([train_images, val_images]), progress)
+        h, w, d = grid
         val_features = torch.from_numpy(features[len(train_images) * h * w :].copy()).reshape(-1, h, w, d)
         features = features[: len(train_images) * h * w]
-        n_patches = len(features)
         extracted = time.perf_counter()
+        summary = self.build_bank(features)
+        del features  # the largest array of the fit
+        built = time.perf_counter()
+        validation = self.score_features(val_features.permute(0, 3, 1, 2))
+        summary |= {"features_s": round(extracted - started, 2), "validation_s": round(time.perf_counter() - built, 2)}
+        return FitResult(summary, validation)
+
+    def patch_features(
+        self, images: np.ndarray, progress: Callable[[int], None] | None = None
+    ) -> tuple[np.ndarray, tuple[int, int, int]]:
+        """uint8 N x H x W x 3 -> every patch's features as (N * h * w) x D rows, image by image, and (h, w, D)."""
+        chunks = batched_features(self.embed, images, self.recipe.batch_size, progress)
+        d, h, w = chunks[0].shape[1:]
+        return patch_rows(chunks), (h, w, d)
+
+    def build_bank(self, features: np.ndarray) -> dict[str, Any]:
+        """The coreset of the training patches (rows x D) as the bank, in the recipe's form; the fit summary's
+        bank figures and stage times."""
+        started = time.perf_counter()
         rows = np.arange(len(features))
         if len(features) > self.recipe.max_candidates:
             # Keeps memory and selection time bounded on large sets; the coreset size still follows the full count.
@@ -311,25 +327,43 @@ class PatchCore(nn.Module):
         bank = np.ascontiguousarray(features[rows[chosen]], dtype=np.float32)
         selected = time.perf_counter()
         self.set_bank(bank, features)
-        del features  # the largest array of the fit
-        quantized = time.perf_counter()
-        validation = self._score(val_features.permute(0, 3, 1, 2))
-        summary = {
-            "patches": n_patches,
+        return {
+            "patches": len(features),
             "candidates": len(rows),
             "memory_bank": len(bank),
             "bank_bytes": self.bank_bytes(),
             "shortlist_bytes": self.shortlist_bytes(),
             "bank_float_bytes": bank.size * FLOAT_BYTES,
-            "features_s": round(extracted - started, 2),
-            "coreset_s": round(selected - extracted, 2),
-            "quantize_s": round(quantized - selected, 2),
-            "validation_s": round(time.perf_counter() - quantized, 2),
+            "coreset_s": round(selected - started, 2),
+            "quantize_s": round(time.perf_counter() - selected, 2),
         }
-        return FitResult(summary, validation)
 
-    def _score(self, feats: torch.Tensor) -> Prediction:
-        size = (self.recipe.input_size[0], self.recipe.input_size[1])
+    @torch.no_grad()
+    def fit_leave_one_out(
+        self, images: np.ndarray, groups: np.ndarray, progress: Callable[[int], None] | None = None
+    ) -> FitResult:
+        """Fit on every image; the validation predictions are each input's from the bank of the other groups'
+        patches (a group: the inputs of one good image), built exactly as a fit on them alone would build it."""
+        self.cpu()
+        features, grid = self.patch_features(images, progress)
+        validation = leave_groups_out(self, features, grid, groups)
+        return FitResult({**self.build_bank(features), "leave_one_out": len(np.unique(groups))}, validation)
+
+    @torch.no_grad()
+    def fit_held_out_blocks(
+        self, images: np.ndarray, progress: Callable[[int], None] | None = None
+    ) -> tuple[dict[str, Any], torch.Tensor]:
+        """Fit on every image, and score each block of every input's patch grid against a bank without that block
+        (`held_out_blocks`): for a single good image, which has no other to leave out. The summary, and the
+        scores block-major."""
+        self.cpu()
+        features, grid = self.patch_features(images, progress)
+        scores = held_out_blocks(self, features, grid)
+        return {**self.build_bank(features), "held_out_blocks": len(scores)}, scores
+
+    def score_features(self, feats: torch.Tensor, size: tuple[int, int] | None = None) -> Prediction:
+        """Predictions on patch feature maps (N x D x h x w), a few at a time; maps at `size`, default the input's."""
+        size = size or (self.recipe.input_size[0], self.recipe.input_size[1])
         if len(feats) == 0:
             return Prediction(torch.zeros(0, 1, *size), torch.zeros(0))
         parts = [self._predict(feats[i : i + VALIDATION_BATCH], size) for i in range(0, len(feats), VALIDATION_BATCH)]
