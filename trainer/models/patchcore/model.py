@@ -164,9 +164,9 @@ class PatchCore(nn.Module):
     def embed(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 N x H x W x 3 -> locally aware patch features N x D x h x w at the first tap's stride times
         `grid_pool`."""
-        return self.patch_features(self.backbone.features(lite_input(image), self.recipe.taps))
+        return self.tap_features(self.backbone.features(lite_input(image), self.recipe.taps))
 
-    def patch_features(self, taps: list[torch.Tensor]) -> torch.Tensor:
+    def tap_features(self, taps: list[torch.Tensor]) -> torch.Tensor:
         """The backbone's outputs at the recipe's taps -> the patch features `embed` gives."""
         features = locally_aware(taps)
         if self.recipe.grid_pool > 1:
@@ -254,7 +254,7 @@ class PatchCore(nn.Module):
     def predict_taps(self, taps: list[torch.Tensor], size: tuple[int, int]) -> Prediction:
         """`forward` from the backbone's outputs at the recipe's taps on, for a caller that runs the backbone once
         for several heads (the ensemble); `size` is the input's H x W."""
-        return self._predict(self.patch_features(taps), size)
+        return self._predict(self.tap_features(taps), size)
 
     def _predict(self, feats: torch.Tensor, size: tuple[int, int]) -> Prediction:
         n, d, h, w = feats.shape
