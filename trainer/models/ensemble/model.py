@@ -71,7 +71,7 @@ class Ensemble(nn.Module):
         self.fastflow = FastFlow(recipe.fastflow)
         for name in MEMBERS:
             borrow_backbone(getattr(self, name), self.backbone)
-        self.taps = tuple(sorted({t for name in MEMBERS for t in getattr(recipe, name).taps}))
+        self.taps = recipe.taps
         # Each member's validation score statistics, set by fit: constants of the baked graph.
         self.register_buffer("score_mean", torch.zeros(len(MEMBERS)))
         self.register_buffer("score_std", torch.ones(len(MEMBERS)))

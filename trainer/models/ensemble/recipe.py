@@ -54,3 +54,8 @@ class EnsembleRecipe(BaseModel):
                     f"backbone pass, so set {key} once, at the recipe's top level"
                 )
         return member
+
+    @property
+    def taps(self) -> tuple[int, ...]:
+        """The union of the members' taps: what the one backbone pass computes."""
+        return tuple(sorted({*self.patchcore.taps, *self.fastflow.taps}))
