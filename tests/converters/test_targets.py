@@ -51,6 +51,8 @@ def bundle(request: pytest.FixtureRequest, pipeline: Pipeline, tmp_path_factory:
     keys = f"input_size: [{TEST_SIZE}, {TEST_SIZE}]\n"
     if "epochs" in REGISTRY[name].recipe.model_fields:
         keys += f"epochs: {TINY_EPOCHS}\n"  # a parity test needs a fitted model, not a good one
+    if name == "ensemble":
+        keys += f"fastflow: {{epochs: {TINY_EPOCHS}}}\n"
     recipe.write_text(keys)
     fit(FitOptions(data=pipeline.data, model=name, out=out, recipe=recipe))
     return out

@@ -11,6 +11,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
+from trainer.models.ensemble import Ensemble, EnsembleRecipe
 from trainer.models.fastflow import FastFlow, FastFlowRecipe
 from trainer.models.fit_result import FitResult
 from trainer.models.padim import PaDiM, PaDiMRecipe
@@ -63,4 +64,5 @@ REGISTRY: dict[str, ModelEntry] = {
     "fastflow": ModelEntry(FastFlow, FastFlowRecipe),
     "simplenet": ModelEntry(SimpleNet, SimpleNetRecipe),
     "padim": ModelEntry(PaDiM, PaDiMRecipe),
+    "ensemble": ModelEntry(Ensemble, EnsembleRecipe),
 }

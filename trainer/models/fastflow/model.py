@@ -124,6 +124,11 @@ class FastFlow(nn.Module):
     def forward(self, image: torch.Tensor) -> Prediction:
         return self._predict(self.features(image), (image.shape[1], image.shape[2]))
 
+    def predict_taps(self, taps: list[torch.Tensor], size: tuple[int, int]) -> Prediction:
+        """`forward` from the backbone's outputs at the recipe's taps on, for a caller that runs the backbone once
+        for several heads (the ensemble); `size` is the input's H x W."""
+        return self._predict(taps, size)
+
     def _predict(self, features: list[torch.Tensor], size: tuple[int, int]) -> Prediction:
         # The full NLL, log-det included, rather than anomalib's -exp(-0.5 mean z^2) or the mean z^2 alone: it is
         # what the flow was trained to estimate, and it ranked ELPV cells best overall (poly 89.6 against 87.5

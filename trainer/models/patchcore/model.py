@@ -164,7 +164,11 @@ class PatchCore(nn.Module):
     def embed(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 N x H x W x 3 -> locally aware patch features N x D x h x w at the first tap's stride times
         `grid_pool`."""
-        features = locally_aware(self.backbone.features(lite_input(image), self.recipe.taps))
+        return self.tap_features(self.backbone.features(lite_input(image), self.recipe.taps))
+
+    def tap_features(self, taps: list[torch.Tensor]) -> torch.Tensor:
+        """The backbone's outputs at the recipe's taps -> the patch features `embed` gives."""
+        features = locally_aware(taps)
         if self.recipe.grid_pool > 1:
             features = F.avg_pool2d(features, self.recipe.grid_pool, ceil_mode=True)
         return features if self.channel_weight is None else features * self.channel_weight
@@ -246,6 +250,11 @@ class PatchCore(nn.Module):
 
     def forward(self, image: torch.Tensor) -> Prediction:
         return self._predict(self.embed(image), (image.shape[1], image.shape[2]))
+
+    def predict_taps(self, taps: list[torch.Tensor], size: tuple[int, int]) -> Prediction:
+        """`forward` from the backbone's outputs at the recipe's taps on, for a caller that runs the backbone once
+        for several heads (the ensemble); `size` is the input's H x W."""
+        return self._predict(self.tap_features(taps), size)
 
     def _predict(self, feats: torch.Tensor, size: tuple[int, int]) -> Prediction:
         n, d, h, w = feats.shape
